@@ -1,0 +1,80 @@
+"""The ``tenny`` command: ``tenny`` opens the app; ``tenny <stage>`` runs one stage.
+
+Each stage module exposes ``add_arguments(parser)`` (optional) and
+``run(params, args)``. dvc.yaml calls ``tenny <stage>``, so a stage run from a
+shell, from DVC and from the TUI is the same code with the same params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import UserError
+
+# command → module; each module holds one stage or one tool.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synthesize": ("pipeline.synthesize", "make raw samples (import, dataset or openai)"),
+    "dedupe": ("pipeline.dedupe", "drop near-duplicates (fuzz.ratio >= threshold)"),
+    "build": ("pipeline.build", "apply review decisions; split and format train/val"),
+    "base": ("pipeline.base", "resolve train.base_model into a loadable folder"),
+    "train": ("pipeline.train", "LoRA / QLoRA fine-tune"),
+    "eval": ("pipeline.evaluate", "perplexity and generations: base vs adapter"),
+    "review": ("tui.review_command", "review samples in the terminal"),
+    "diff": ("pipeline.diff", "record-level diff of a records file between two revisions"),
+    "train-watch": ("tui.train_watch_command", "follow a training run live"),
+    "params": ("pipeline.params_command", "print params with defaults filled in"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tenny",
+        description="Persona prompt → reviewed, versioned dataset → LoRA adapter. With no command, opens the app.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param by dotted key, as in `dvc exp run -S` (repeatable)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # --set is accepted after the command too (tenny train --set train.lora.r=16).
+        p.add_argument("--set", dest="overrides_after", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param by dotted key (repeatable)")
+        p.set_defaults(module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + list(getattr(args, "overrides_after", []) or [])
+    try:
+        from pipeline.params import load_params
+
+        params = load_params(args.params, overrides)
+        if args.command is None:
+            from tui.app import run_app
+
+            return run_app(params, args) or 0
+        module = importlib.import_module(args.module)
+        return module.run(params, args) or 0
+    except UserError as err:
+        print(f"tenny {args.command or ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tenny {args.command or ''}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
