@@ -4,17 +4,27 @@ One decision per line: ``{"id", "action", "text"?, "tags"?, "at", "by"}`` with
 action accept | reject | edit | tag | undo. Nothing is rewritten in place:
 ``undo`` appends a line that cancels the latest not-yet-undone decision for
 that id. ``fold`` turns the log into the current state of each id.
+
+Durability: each decision is one O_APPEND write of a whole line, fsynced
+before the caller goes on, so a kill loses at most the keystroke in flight and
+two writers interleave whole lines. The one thing a crash can leave is a last
+line cut short (the machine died inside the write): ``repair`` sets that tail
+aside in a file named after the log and the time, so it is kept, never
+silently dropped, and the log ends on a whole line again.
 """
 
 from __future__ import annotations
 
 import getpass
+import io
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.records import RecordError, append_jsonl, iter_jsonl
 
 ACTIONS = ("accept", "reject", "edit", "tag", "undo")
@@ -88,6 +98,149 @@ def fold(decisions: Iterable[dict]) -> dict[str, ReviewState]:
     return {rid: _replay(h) for rid, h in histories.items()}
 
 
+def repair(path: str | os.PathLike) -> Path | None:
+    """Make the log end on a whole line; return where a cut last line was set aside.
+
+    A last line without its newline is either whole (a hand-edited file: a
+    newline is added) or cut by a crash mid-write (it is not valid JSON): its
+    bytes go to ``<log>.torn-<time>.jsonl`` beside the log and the log is
+    truncated to its last whole line. Appends carry on after either.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return None
+        # find the start of the last line, reading backwards in blocks
+        pos, tail = size, b""
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            cut = tail.rfind(b"\n")
+            if cut >= 0:
+                pos += cut + 1
+                tail = tail[cut + 1:]
+                break
+        try:
+            obj = json.loads(tail.decode("utf-8"))
+            whole = isinstance(obj, dict)
+        except (UnicodeDecodeError, ValueError):
+            whole = False
+        if whole:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            return None
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl")
+        with open(aside, "wb") as out:
+            out.write(tail)
+            out.flush()
+            os.fsync(out.fileno())
+        fh.truncate(pos)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return aside
+
+
+class DecisionLog:
+    """The log as one reviewer's session sees it: folded states, followed as it grows.
+
+    Other processes may append to the same file; ``poll`` folds in whatever
+    whole lines appeared since the last look, so the latest decision for an id
+    wins in every open session. ``stack`` holds ids in the order of the
+    decisions in force, for undo across restarts.
+    """
+
+    def __init__(self, path: str | os.PathLike, by: str | None = None):
+        self.path = Path(path)
+        self.by = by
+        self.states: dict[str, ReviewState] = {}
+        self.histories: dict[str, list[dict]] = {}
+        self.stack: list[str] = []
+        self.offset = 0  # bytes of the log folded so far
+        self.lines = 0
+        self.set_aside: Path | None = None
+        self.last_touched: list[str] = []  # ids the latest poll folded in
+
+    def open(self) -> None:
+        """Repair a cut last line, then fold the whole log (RecordError names a bad line)."""
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a folder; pass a decisions .jsonl file with --decisions")
+        self.set_aside = repair(self.path)
+        self.poll()
+
+    def poll(self) -> list[str]:
+        """Fold whole lines appended since the last call; return the ids they touched."""
+        self.last_touched = []
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:
+            raise UserError(f"{self.path}: the review log shrank while open (was it replaced?); reopen the review")
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(size - self.offset)
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+        if end == 0:
+            return []
+        touched = []
+        for lineno, obj in iter_jsonl(self.path, start_line=self.lines + 1, fh=io.BytesIO(data[:end])):
+            d = check_decision(obj, self.path, lineno)
+            self._apply(d)
+            touched.append(d["id"])
+        self.lines += data[:end].count(b"\n")
+        self.offset += end
+        self.last_touched = touched
+        return touched
+
+    def _apply(self, d: dict) -> None:
+        rid = d["id"]
+        h = self.histories.setdefault(rid, [])
+        if d["action"] == "undo":
+            if not h:
+                return
+            h.pop()
+            for i in range(len(self.stack) - 1, -1, -1):
+                if self.stack[i] == rid:
+                    del self.stack[i]
+                    break
+        else:
+            h.append(d)
+            self.stack.append(rid)
+        self.states[rid] = _replay(list(h))
+
+    def append(self, rid: str, action: str, *, text: str | None = None, tags: list[str] | None = None) -> dict:
+        """Append one decision (fsynced), then fold it and anything others wrote before it."""
+        row = append_decision(self.path, rid, action, text=text, tags=tags, by=self.by)
+        self.poll()
+        return row
+
+    def undo_last(self) -> str | None:
+        """Undo the latest decision in force; None when there is none."""
+        self.poll()
+        if not self.stack:
+            return None
+        rid = self.stack[-1]
+        self.append(rid, "undo")
+        return rid
+
+    def known_tags(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for st in self.states.values():
+            for t in st.tags:
+                seen.setdefault(t, None)
+        return sorted(seen)
+
+
 def load_states(path: str | os.PathLike) -> dict[str, ReviewState]:
     return fold(read_decisions(path))
 
@@ -106,6 +259,43 @@ def append_decision(path: str | os.PathLike, rid: str, action: str, *, text: str
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     append_jsonl(path, row)
     return row
+
+
+def append_decisions(path: str | os.PathLike, rids: Iterable[str], action: str, *, by: str | None = None,
+                     batch: int = 20_000) -> int:
+    """Append one decision per id (a bulk accept/reject): whole lines, one fsync per batch.
+
+    Each batch is one O_APPEND write, so another session's lines never land
+    inside one of ours; a kill mid-way leaves the batches already written.
+    """
+    if action not in ("accept", "reject"):
+        raise ValueError(f"bulk decisions are accept or reject, not {action!r}")
+    at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    who = json.dumps(by or os.environ.get("TENNY_REVIEWER") or _user(), ensure_ascii=False)
+    tail = f',"action":"{action}","at":"{at}","by":{who}}}\n'
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        chunk: list[str] = []
+        for rid in rids:
+            chunk.append('{"id":' + json.dumps(rid, ensure_ascii=False) + tail)
+            if len(chunk) >= batch:
+                n += _write_all(fd, "".join(chunk).encode("utf-8"))
+                chunk = []
+        if chunk:
+            n += _write_all(fd, "".join(chunk).encode("utf-8"))
+    finally:
+        os.close(fd)
+    return n
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+    return data.count(b"\n")
 
 
 def _user() -> str:

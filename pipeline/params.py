@@ -81,8 +81,10 @@ class SynthesizeParams(Strict):
     concurrency: int = Field(16, ge=1, le=1024)
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout; a timed-out request is retried")
+    max_retries: int = Field(6, ge=0, description="retries per request on 429, 5xx, timeouts, dropped connections")
+    retry_base_s: float = Field(0.5, gt=0, description="first backoff delay; doubles per retry, with jitter")
+    retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay (a longer Retry-After still wins)")
     max_requests: int | None = Field(None, ge=0)
     max_cost_usd: float | None = Field(None, ge=0)
     prices: dict[str, Price] = Field(
@@ -91,7 +93,10 @@ class SynthesizeParams(Strict):
             "gpt-4o": Price(input_per_mtok=2.50, output_per_mtok=10.0),
         }
     )
-    batch: bool = False
+    batch: bool = Field(False, description="send through the Batch API (cheaper, up to 24 h); the batch id is kept in .tenny/")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between batch status checks")
+    batch_price_factor: float = Field(0.5, gt=0, le=1, description="batch price as a share of the table price")
+    cache: bool = Field(True, description="reuse answers kept in .tenny/ for identical requests (never pay twice)")
 
 
 # ---------------------------------------------------------------- dedupe
@@ -173,6 +178,21 @@ class EvalParams(Strict):
     max_val_samples: int | None = Field(None, ge=1)
 
 
+# ---------------------------------------------------------------- remote
+
+
+class RemoteParams(Strict):
+    """The DVC remote that moves dataset versions and adapters between machines.
+
+    The app writes it into .dvc/config.local (``dvc remote add --local``), so a
+    laptop and a GPU box can each point the same name at their own path, and a
+    plain ``dvc push`` / ``dvc pull`` from a shell uses it too.
+    """
+
+    name: str = Field("storage", pattern=r"^[A-Za-z0-9_.-]+$", description="the remote's name in DVC")
+    url: str | None = Field(None, description="a folder, s3://, gs://, ssh://...; None: use the remote DVC already has")
+
+
 # ---------------------------------------------------------------- root
 
 
@@ -182,6 +202,7 @@ class Params(Strict):
     build: BuildParams = Field(default_factory=BuildParams)
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    remote: RemoteParams = Field(default_factory=RemoteParams)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -206,6 +227,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    # "You are Tenny: dry." parses as a mapping; only explicit {...}/[...] mean one.
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        value = raw
     return key.strip(), value
 
 
@@ -229,7 +253,8 @@ def load_params(path: str | Path = paths.PARAMS, overrides: list[str] | tuple[st
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
+            # The context mark is where the broken construct starts: the line to fix.
+            mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ParamsError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -283,8 +308,9 @@ def format_errors(err: ValidationError, source: str) -> str:
                 msg += f"; allowed here: {', '.join(allowed)}"
         else:
             msg = f"{key}: {e['msg']}"
-            if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
+            if "input" in e and e["type"] != "missing":
+                got = repr(e["input"])
+                msg += f" (got {got[:80] + '...' if len(got) > 80 else got})"
         lines.append(msg)
     return f"{source}: " + "; ".join(lines)
 

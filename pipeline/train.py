@@ -39,6 +39,26 @@ class RunStatus:
         write_json(self.path, self.state)
 
 
+def open_live():
+    """dvclive's logger for dvclive/; metrics and plots are declared in dvc.yaml, not by dvclive."""
+    import dvclive.live
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    kwargs = dict(dir=str(paths.DVCLIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+    try:
+        return Live(**kwargs)
+    except SCMError:
+        # dvclive 3.49 fails in a git repo with no commit yet (`git init` then `dvc repro`);
+        # nothing of DVC's is needed here, so log without the DVC integration.
+        original = dvclive.live.get_dvc_repo
+        dvclive.live.get_dvc_repo = lambda: None
+        try:
+            return Live(**kwargs)
+        finally:
+            dvclive.live.get_dvc_repo = original
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
@@ -71,7 +91,6 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
 
 def run(params: Params, args: Any = None) -> int:
     import torch
-    from dvclive import Live
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from tqdm import tqdm
 
@@ -136,7 +155,7 @@ def run(params: Params, args: Any = None) -> int:
     status = RunStatus(paths.DVCLIVE_DIR / "run.json", total_steps=total_steps, device=device,
                        quantization=tp.quantization, base_model=tp.base_model, eta_s=None)
     status.update()
-    live = Live(dir=str(paths.DVCLIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = open_live()
     live.log_params({"base_model": tp.base_model, "quantization": tp.quantization, "device": device,
                      "trainable_params": trainable, "total_params": total_params, "total_steps": total_steps})
     pad_id = tok.pad_token_id

@@ -27,6 +27,7 @@ EMPTY_HINT = (
 _BULLET = re.compile(r"^(?:[-*•·▪●◦‣–—+]|\u2022)\s+")
 _NUMBERING = re.compile(r"^(?:\(\d{1,4}\)|\d{1,4}[.)](?!\d)|#\d{1,4}[.):]?)\s*")
 _QUOTES = [('"', '"'), ("“", "”"), ("'", "'"), ("‘", "’"), ("«", "»"), ("„", "“"), ("`", "`")]
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 _SEPARATOR = re.compile(r"^(?:[-*_=~]{3,}|`{3}.*)$")
@@ -36,17 +37,32 @@ _SPEAKER = re.compile(
 )
 _USER_SPEAKERS = re.compile(r"^(?:you|user|me|human)\b", re.IGNORECASE)
 # Chatter: the generator talking about its output rather than producing it.
+# Each pattern needs a sign of talk *about* samples (a colon at the end, "here
+# are", "let me know if"), so a real sample that opens with "Sure," survives.
+_OPENER = r"(?:sure|certainly|of course|absolutely|okay|ok|great|alright|got it|no problem|happy to help|here you go)"
 _CHATTER = [
     re.compile(p, re.IGNORECASE)
     for p in (
-        r"^(?:sure|certainly|of course|absolutely|okay|ok|great|alright|got it|no problem|happy to help|here you go)\b[^.?!]*[!.:,]?\s*(?:here|more|below|following|another|batch|list|some)\b",
-        r"^(?:here(?:'s| is| are)|below (?:is|are)|the following)\b.*(?:[:!]|more|list|batch|take|takes|lines|ones|samples|examples)\s*[:!.]?$",
-        r"^(?:sure|certainly|of course|absolutely|okay|ok|great|alright|got it|no problem)[!.]*$",
-        r"^(?:i hope|hope (?:this|these|that)|let me know|feel free|want (?:me to|more|another)|would you like|shall i|should i|need more|i can (?:also )?(?:write|generate|make|do|give)|if you(?:'d| would) like|enjoy)\b",
+        r":$",
+        rf"^{_OPENER}[!.]*$",
+        rf"^{_OPENER}\b[!.,]*\s+(?:here(?:'s| is| are)|i(?:'ll|'ve| will| have| can)|these (?:are|should)|this is|below)\b",
+        r"^(?:here(?:'s| is| are)|below (?:is|are)|the following)\b.*\b(?:more|another|batch|list|round|set|one-liners?|takes?|lines|jokes|examples|samples|versions|options|ideas|quips)\b.*[:!]$",
+        r"^(?:i hope (?:these|this|that|you (?:enjoy|like|find))|hope (?:this|these|that) (?:help|work|hit|land|fit)"
+        r"|let me know (?:if|whether|what|how)|feel free to (?:ask|let me|tell me|reach)"
+        r"|want (?:me to|more (?:of|like)|another (?:batch|round|set))|would you like (?:me to|more|another|a )"
+        r"|shall i\b|should i (?:make|write|generate|do|give)|need more\??$"
+        r"|i can (?:also )?(?:write|generate|make|do|give) (?:more|another|some|a few|them|these)"
+        r"|if you(?:'d| would) like(?:,| me| more| another)|enjoy!*$|enjoy (?:these|them)\b)",
         r"^(?:as an ai|i'm an ai|as a language model)\b",
-        r".*\b(?:more|another) (?:\d+ )?(?:batch|round|set|list)\b.*:$",
+        # Offers of more work, anywhere in the line: "Need more? I can also do a set about ..."
+        r"^(?:want|need) more\?|^enjoy[!.]|\b(?:want|would you like) me to\b"
+        r"|\bi can (?:also )?(?:do|write|make|generate|give|turn|draft|come up with) (?:a|an|another|more|some|the|these|them|few|set|round|batch)\b"
+        r"|^feel free to (?:tweak|edit|adjust|change|use|modify|mix)\b",
     )
 ]
+# Button captions a browser copy picks up along with the chat.
+_UI_TEXT = re.compile(r"^(?:copy|copy code|edit|share|regenerate|retry|like|dislike|read aloud|thumbs (?:up|down))$", re.IGNORECASE)
+_INLINE_BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
 
 
 def clean_line(line: str, counts) -> str | None:
@@ -66,9 +82,16 @@ def clean_line(line: str, counts) -> str | None:
             return None
         counts["cleaned", "speaker_label"] += 1
         text = m.group(1).strip()
+    if _UI_TEXT.match(text):
+        counts["dropped", "ui_text"] += 1
+        return None
     if any(rx.search(text) for rx in _CHATTER):
         counts["dropped", "chatter"] += 1
         return None
+    unbolded = _INLINE_BOLD.sub(lambda m: m.group(1) or m.group(2), text)
+    if unbolded != text:
+        counts["cleaned", "emphasis"] += 1
+        text = unbolded.strip()
     for kind, rx in (("bullet", _BULLET), ("numbering", _NUMBERING), ("bullet", _BULLET)):
         new = rx.sub("", text, count=1)
         if new != text:
@@ -100,7 +123,11 @@ def _strip_quotes(text: str) -> str | None:
     for left, right in _QUOTES:
         if len(text) >= 2 and text[0] == left and text[-1] == right:
             inner = text[1:-1]
-            if left == right and left in inner:
+            if left == "'":
+                inner_quotes = _APOSTROPHE.sub("", inner)  # platform's, don't: not quotes
+            else:
+                inner_quotes = inner
+            if left == right and left in inner_quotes:
                 continue  # "a" and "b": quoted parts, not an enclosed line
             return inner.strip()
     return None
@@ -137,7 +164,20 @@ def generate(params: Params, report) -> Iterator[dict]:
         counts = _Counts()
         topic = path.stem.replace("_", " ").replace("-", " ")
         kept = 0
+        in_user_turn = False  # after a bare "You said:" the user's message follows on its own lines
         for lineno, line in read_lines(path):
+            stripped = line.strip()
+            label = _SPEAKER.match(stripped)
+            if label and not label.group(1).strip():
+                in_user_turn = bool(_USER_SPEAKERS.match(stripped))
+                counts["dropped", "speaker_turn"] += 1
+                continue
+            if in_user_turn:
+                if not stripped:
+                    in_user_turn = False
+                else:
+                    counts["dropped", "user_turn"] += 1
+                continue
             heading = _HEADING.match(line.strip())
             if heading:
                 counts["cleaned", "heading"] += 1

@@ -1,0 +1,287 @@
+"""Pipeline screen: the stages of dvc.yaml, their state from DVC, and runs.
+
+Runs are the same `dvc repro` / `dvc exp run` a shell would start, in their
+own process group (so cancel stops the stage command too), read by a worker
+thread; the screen only drains a queue of lines, so it never freezes however
+much a stage prints. Stage states come from `dvc status --json` and dvc.lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
+
+from pipeline import dvc_ops
+from pipeline.errors import UserError
+from tui.widgets.log_view import RunLog
+
+STATE_STYLE = {"up to date": "green", "changed": "yellow", "never run": "dim", "unknown": "red"}
+
+
+def _metrics_text(metrics: dict, limit: int = 4) -> str:
+    items = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        items.append(f"{key}={value}")
+        if len(items) == limit:
+            break
+    more = len(metrics) - len(items)
+    return ", ".join(items) + (f" (+{more})" if more > 0 else "")
+
+
+class PipelineScreen(Screen):
+    BINDINGS = [
+        Binding("r", "repro_all", "Repro all"),
+        Binding("t", "repro_stage", "Repro to stage"),
+        Binding("e", "exp_run", "Exp run"),
+        Binding("x", "cancel_run", "Cancel run"),
+        Binding("f5", "refresh", "Refresh"),
+        Binding("p", "push", "Push"),
+        Binding("P", "pull", "Pull", key_display="shift+p"),
+        Binding("c", "cloud_status", "Status -c"),
+    ]
+
+    def __init__(self, root: str | Path | None = None, params=None, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root or Path.cwd())
+        self.params = params
+        self.current: dvc_ops.Run | None = None
+        self.stages: list[dvc_ops.StageState] = []
+        self.last_exit: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="pipeline-body"):
+            yield Static(id="pipeline-message")
+            yield DataTable(id="stages", cursor_type="row", zebra_stripes=True)
+            with Horizontal(id="run-controls"):
+                yield Input(placeholder="overrides for exp run, e.g. train.lr=1e-3 train.lora.r=16", id="overrides")
+                yield Button("Repro all", id="btn-repro", variant="primary")
+                yield Button("Repro to stage", id="btn-repro-stage")
+                yield Button("Exp run", id="btn-exp")
+                yield Button("Cancel", id="btn-cancel", variant="error", disabled=True)
+            with Horizontal(id="remote-controls"):
+                yield Static(id="remote-label")
+                yield Button("Push", id="btn-push")
+                yield Button("Pull", id="btn-pull")
+                yield Button("Status -c", id="btn-cloud")
+            yield Static(id="run-status")
+            yield RunLog(id="run-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"pipeline — {self.root}"
+        table = self.query_one("#stages", DataTable)
+        table.add_columns("stage", "state", "last metrics", "what changed")
+        self.query_one("#run-log", RunLog).border_title = "log"
+        self.action_refresh()
+        self._show_remote()
+
+    # ------------------------------------------------------------ state
+
+    def action_refresh(self) -> None:
+        if self.current is not None:
+            # dvc status would wait on the run's repo lock; the run refreshes us when it ends.
+            self.notify("a run is in progress; states refresh when it ends")
+            return
+        self._message("reading stage states from DVC…", "dim")
+        self._load_states()
+
+    @work(thread=True, exclusive=True, group="pipeline-status", exit_on_error=False)
+    def _load_states(self) -> None:
+        try:
+            states = dvc_ops.stage_states(self.root)
+        except UserError as err:
+            self.app.call_from_thread(self._message, str(err), "red")
+            return
+        self.app.call_from_thread(self._show_states, states)
+
+    def _show_states(self, states: list[dvc_ops.StageState]) -> None:
+        self.stages = states
+        table = self.query_one("#stages", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        for s in states:
+            table.add_row(
+                Text(s.name, style="bold"), Text(s.state, style=STATE_STYLE.get(s.state, "")),
+                Text(_metrics_text(s.metrics)), Text(s.detail), key=s.name,
+            )
+        if states:
+            table.move_cursor(row=min(keep, len(states) - 1))
+        counts = {}
+        for s in states:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        self._message(" · ".join(f"{n} {state}" for state, n in counts.items()) or "no stages in dvc.yaml", "")
+
+    def _message(self, text: str, style: str) -> None:
+        self.query_one("#pipeline-message", Static).update(Text(text, style=style))
+
+    def selected_stage(self) -> str | None:
+        table = self.query_one("#stages", DataTable)
+        if not self.stages or table.cursor_row is None or table.cursor_row >= len(self.stages):
+            return None
+        return self.stages[table.cursor_row].name
+
+    # ------------------------------------------------------------ runs
+
+    def start(self, args: list[str], *, remote: bool = False) -> bool:
+        """Start `dvc ARGS` unless a run is going; False when refused."""
+        if self.current is not None:
+            self.notify(f"already running: {self.current.command} (press x to cancel it)", severity="warning")
+            return False
+        try:
+            run = dvc_ops.Run(args, self.root)
+            dvc_ops.dvc_command()
+        except UserError as err:
+            self._message(str(err), "red")
+            return False
+        self.current = run
+        self._set_running(True)
+        log = self.query_one("#run-log", RunLog)
+        log.post(f"$ {run.command}")
+        self._status(Text(f"running: {run.command}", style="bold yellow"))
+        self._execute(run, remote)
+        return True
+
+    @work(thread=True, group="pipeline-run", exit_on_error=False)
+    def _execute(self, run: dvc_ops.Run, remote: bool) -> None:
+        log = self.query_one("#run-log", RunLog)
+        code: int | None = None
+        try:
+            if remote and self.params is not None:
+                name = dvc_ops.ensure_remote(self.root, self.params.remote)
+                if name and "-r" not in run.args:
+                    run.args = run.args + ["-r", name]
+                    run.command = "dvc " + " ".join(run.args)
+            run.start()
+            for line in run.lines():
+                log.post(line)
+            code = run.wait()
+        except UserError as err:
+            log.post(f"error: {err}")
+        except OSError as err:
+            log.post(f"error: could not start dvc: {err}")
+        finally:
+            self.app.call_from_thread(self._finished, run, code)
+
+    def _finished(self, run: dvc_ops.Run, code: int | None) -> None:
+        self.current = None
+        self.last_exit = code
+        self._set_running(False)
+        if run.cancelled:
+            text = Text(f"cancelled: {run.command}", style="bold yellow")
+        elif code == 0:
+            text = Text(f"finished: {run.command}", style="bold green")
+        else:
+            text = Text(f"failed (exit {code}): {run.command} — see the log above", style="bold red")
+        self._status(text)
+        self.query_one("#run-log", RunLog).post(text.plain)
+        self.action_refresh()
+        self._show_remote()
+
+    def _status(self, text: Text) -> None:
+        self.query_one("#run-status", Static).update(text)
+
+    def _set_running(self, running: bool) -> None:
+        self.query_one("#btn-cancel", Button).disabled = not running
+        for bid in ("#btn-repro", "#btn-repro-stage", "#btn-exp", "#btn-push", "#btn-pull", "#btn-cloud"):
+            self.query_one(bid, Button).disabled = running
+
+    def action_repro_all(self) -> None:
+        self.start(dvc_ops.repro_args())
+
+    def action_repro_stage(self) -> None:
+        stage = self.selected_stage()
+        if stage is None:
+            self.notify("select a stage first (arrow keys in the table)", severity="warning")
+            return
+        self.start(dvc_ops.repro_args(stage))
+
+    def action_exp_run(self) -> None:
+        text = self.query_one("#overrides", Input).value
+        try:
+            overrides = dvc_ops.parse_overrides(text)
+        except UserError as err:
+            self.notify(str(err), severity="error")
+            return
+        self.start(dvc_ops.exp_run_args(overrides))
+
+    def action_cancel_run(self) -> None:
+        run = self.current
+        if run is None:
+            self.notify("nothing is running")
+            return
+        self._status(Text(f"cancelling: {run.command}…", style="yellow"))
+        self._cancel(run)
+
+    @work(thread=True, group="pipeline-cancel", exit_on_error=False)
+    def _cancel(self, run: dvc_ops.Run) -> None:
+        run.cancel()
+
+    def action_push(self) -> None:
+        self.start(dvc_ops.push_args(), remote=True)
+
+    def action_pull(self) -> None:
+        self.start(dvc_ops.pull_args(), remote=True)
+
+    def action_cloud_status(self) -> None:
+        self.start(dvc_ops.cloud_status_args(), remote=True)
+
+    @work(thread=True, group="pipeline-remote", exit_on_error=False)
+    def _show_remote(self) -> None:
+        remote = getattr(self.params, "remote", None)
+        try:
+            known = dvc_ops.remotes(self.root)
+        except UserError as err:
+            known, note = {}, str(err)
+        else:
+            note = ""
+        if remote is not None and remote.url:
+            text = f"remote {remote.name} → {remote.url} (from params.yaml)"
+        elif known:
+            text = "remote " + ", ".join(f"{n} → {u}" for n, u in known.items())
+        else:
+            text = note or "no DVC remote: set remote.url in params.yaml (a folder works) to push and pull"
+        self.app.call_from_thread(self.query_one("#remote-label", Static).update, Text(text, style="dim"))
+
+    # ------------------------------------------------------------ buttons
+
+    @on(Button.Pressed, "#btn-repro")
+    def _b_repro(self) -> None:
+        self.action_repro_all()
+
+    @on(Button.Pressed, "#btn-repro-stage")
+    def _b_stage(self) -> None:
+        self.action_repro_stage()
+
+    @on(Button.Pressed, "#btn-exp")
+    def _b_exp(self) -> None:
+        self.action_exp_run()
+
+    @on(Input.Submitted, "#overrides")
+    def _i_exp(self) -> None:
+        self.action_exp_run()
+
+    @on(Button.Pressed, "#btn-cancel")
+    def _b_cancel(self) -> None:
+        self.action_cancel_run()
+
+    @on(Button.Pressed, "#btn-push")
+    def _b_push(self) -> None:
+        self.action_push()
+
+    @on(Button.Pressed, "#btn-pull")
+    def _b_pull(self) -> None:
+        self.action_pull()
+
+    @on(Button.Pressed, "#btn-cloud")
+    def _b_cloud(self) -> None:
+        self.action_cloud_status()

@@ -1,0 +1,163 @@
+"""Training monitor: follows a run's dvclive folder, wherever the run was started.
+
+It reads files only (dvclive/run.json, metrics.json, plots/*.tsv), so it works
+for a run started from this app, from another shell, or on a box you reached
+over SSH. A poll costs a few stat() calls plus the bytes written since the last
+one, in a worker thread; the training process never waits on the watcher.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+from pipeline import paths
+from pipeline.train_progress import Progress, ProgressReader, format_duration
+from tui.widgets.gpu_panel import GpuPanel, Nvml
+from tui.widgets.loss_chart import LossChart
+
+STATUS_STYLE = {"running": "bold green", "finished": "bold cyan", "failed": "bold red", "stale": "bold yellow",
+                "waiting": "dim"}
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_header(p: Progress, now: float | None = None) -> Text:
+    now = time.time() if now is None else now
+    t = Text()
+    if not p.exists:
+        t.append(f"waiting for {p.dir}/ ", style="bold")
+        t.append("— no training output yet. Start a run with `dvc repro train` (pipeline screen: select "
+                 "train, press t) or `tenny train`; this screen picks it up as soon as it writes.")
+        return t
+    t.append(p.status.upper(), style=STATUS_STYLE.get(p.status, "bold"))
+    step = "—" if p.step is None else f"{p.step:,}"
+    total = f"/{p.total_steps:,}" if p.total_steps else ""
+    t.append(f"   step {step}{total}")
+    if p.epoch is not None:
+        t.append(f"   epoch {p.epoch:.2f}")
+    if p.status == "running":
+        t.append(f"   ETA {format_duration(p.eta_s)}")
+    if p.started_at:
+        t.append(f"   elapsed {format_duration((p.updated_at or now) - p.started_at)}")
+    if p.updated_at:
+        t.append(f"   updated {format_duration(now - p.updated_at)} ago", style="dim")
+    t.append("\n")
+    t.append(f"model {p.base_model or '—'}   quantization {p.quantization or '—'}   device {p.device or '—'}")
+    if p.status == "stale":
+        t.append("\nno update for a while: the run may have been killed (check the shell or `dvc repro` log)",
+                 style="yellow")
+    for problem in p.problems:
+        t.append(f"\n{problem}", style="dim")
+    return t
+
+
+def render_stats(p: Progress) -> Text:
+    t = Text()
+    rows = [
+        ("train loss", _fmt(p.value("train/loss"))),
+        ("eval loss", _fmt(p.value("eval/loss"))),
+        ("learning rate", _fmt(p.value("train/lr"), ".3g")),
+        ("tokens / s", _fmt(p.value("train/tokens_per_s"), ",.0f")),
+        ("step time", "—" if p.value("train/step_time_s") is None else f"{p.value('train/step_time_s'):.2f} s"),
+        ("checkpoint", p.last_checkpoint or "—"),
+    ]
+    for label, value in rows:
+        t.append(f"{label:<14}", style="dim")
+        t.append(f"{value}\n")
+    return t
+
+
+class TrainMonitorScreen(Screen):
+    """Live view of ``dvclive/`` (or any folder given)."""
+
+    BINDINGS = [
+        Binding("r", "refresh_now", "Refresh"),
+        Binding("plus,equals_sign", "faster", "Faster", show=False),
+        Binding("minus", "slower", "Slower", show=False),
+    ]
+
+    def __init__(self, directory: str | Path | None = None, *, interval: float = 1.0,
+                 root: str | Path | None = None, nvml: Nvml | None = None, **kwargs):
+        super().__init__(**kwargs)
+        base = Path(root) if root else Path.cwd()
+        directory = Path(directory) if directory else paths.DVCLIVE_DIR
+        self.directory = directory if directory.is_absolute() else base / directory
+        self.interval = interval
+        self.reader = ProgressReader(self.directory)
+        self.nvml = nvml or Nvml()
+        self.progress: Progress | None = None
+        self._busy = False
+        self._timer = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="train-body"):
+            yield Static(id="train-header")
+            yield ProgressBar(id="train-progress", show_eta=False)
+            with Horizontal(id="train-main"):
+                yield LossChart(id="loss-chart")
+                with Vertical(id="train-side"):
+                    yield Static(id="train-stats")
+                    yield GpuPanel(id="gpu-panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"training monitor — {self.directory}"
+        self.query_one("#train-stats", Static).border_title = "now"
+        self.poll()
+        self._timer = self.set_interval(self.interval, self.poll)
+
+    def poll(self) -> None:
+        # Skip a tick rather than queue one: a slow disk must not pile up readers.
+        if not self._busy:
+            self._busy = True
+            self._read()
+
+    @work(thread=True, group="train-poll", exit_on_error=False)
+    def _read(self) -> None:
+        try:
+            progress = self.reader.poll()
+            gpus, message = self.nvml.read()
+            series = {k: list(v) for k, v in progress.series.items()}
+        finally:
+            self._busy = False
+        self.app.call_from_thread(self._show, progress, series, gpus, message)
+
+    def _show(self, p: Progress, series, gpus, message) -> None:
+        self.progress = p
+        self.query_one("#train-header", Static).update(render_header(p))
+        self.query_one("#train-stats", Static).update(render_stats(p))
+        bar = self.query_one("#train-progress", ProgressBar)
+        if p.total_steps:
+            bar.update(total=p.total_steps, progress=min(p.step or 0, p.total_steps))
+        else:
+            bar.update(total=None)
+        self.query_one(LossChart).show(series)
+        self.query_one(GpuPanel).show(gpus, message)
+
+    def action_refresh_now(self) -> None:
+        self.poll()
+
+    def _retime(self, interval: float) -> None:
+        self.interval = max(0.2, min(30.0, interval))
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_interval(self.interval, self.poll)
+        self.notify(f"refreshing every {self.interval:g} s")
+
+    def action_faster(self) -> None:
+        self._retime(self.interval / 2)
+
+    def action_slower(self) -> None:
+        self._retime(self.interval * 2)
