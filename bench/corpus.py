@@ -76,7 +76,7 @@ def make_corpus(n: int, kind: str = "realistic", seed: int = 0, twins: float = 0
     """``n`` texts of about 100 characters, deterministic for a seed."""
     rng = random.Random(f"{kind}:{seed}")
     if kind == "realistic":
-        n_patterns, slots, filler_words, n_fillers = 300, 3, (1, 2), 60
+        n_patterns, slots, filler_words, n_fillers = 300, 3, (2, 3), 80
     elif kind == "hostile":
         n_patterns, slots, filler_words, n_fillers = 12, 3, (1, 1), 25
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.modeling import BASE_INFO, BaseSource, _silence_transformers
+from pipeline.modeling import BASE_INFO, BaseSource, quiet_libraries
 from pipeline.params import Params
 
 
@@ -23,7 +23,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _silence_transformers()
+    quiet_libraries()
     folder, name = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

@@ -43,7 +43,11 @@ from rapidfuzz.distance import Indel
 # A sample joins the nearest leader's cluster when indel/(len_a+len_b) <= RHO
 # (fuzz.ratio >= 60): wide enough that one generator pattern is one cluster,
 # narrow enough that different patterns are far from each other's leaders.
-RHO = 0.4
+RHO = 0.45
+# A pivot is the first PIVOT_CHARS characters of its leader. Any string works as
+# a pivot for the triangle inequality; rapidfuzz scores many strings of up to 64
+# characters at once with SIMD, which makes these distances ~6x cheaper.
+PIVOT_CHARS = 64
 # Every sample is compared with every leader, so leaders cost O(n * leaders);
 # past this many, samples join their nearest leader however far (still exact).
 MAX_LEADERS = 384
@@ -213,8 +217,8 @@ def _dedupe(texts, threshold, n_fixed, run_jobs, workers, block, progress) -> Ve
         # 2. distances to leaders; samples far from every leader found new clusters
         D = np.zeros((len(active), MAX_LEADERS), dtype=np.int64)
         if leaders:
-            D[:, : len(leaders)] = process.cdist(act_texts, leaders, scorer=Indel.distance, processor=None,
-                                                 dtype=np.int32, workers=cd_workers)
+            D[:, : len(leaders)] = process.cdist(leaders, act_texts, scorer=Indel.distance, processor=None,
+                                                 dtype=np.int32, workers=cd_workers).T
         A = len(active)
         best = np.full(A, np.inf)
         assign = np.zeros(A, dtype=np.int64)
@@ -229,13 +233,14 @@ def _dedupe(texts, threshold, n_fixed, run_jobs, workers, block, progress) -> Ve
                 break
             row += int(far[0])  # the first sample no leader covers becomes one
             P = len(leaders)
-            leaders.append(act_texts[row])
-            leader_len = np.append(leader_len, act_len[row])
+            pivot = act_texts[row][:PIVOT_CHARS]
+            leaders.append(pivot)
+            leader_len = np.append(leader_len, len(pivot))
             clusters.append(_Cluster())
-            # every row needs its distance to the new leader: the bounds use it
-            D[:, P] = process.cdist(act_texts, [act_texts[row]], scorer=Indel.distance, processor=None,
-                                    dtype=np.int32, workers=1)[:, 0]
-            nrm = D[:, P] / np.maximum(act_len + act_len[row], 1)
+            # every row needs its distance to the new pivot: the bounds use it
+            D[:, P] = process.cdist([pivot], act_texts, scorer=Indel.distance, processor=None,
+                                    dtype=np.int32, workers=1)[0]
+            nrm = D[:, P] / np.maximum(act_len + len(pivot), 1)
             better = nrm < best
             best[better], assign[better] = nrm[better], P
             row += 1

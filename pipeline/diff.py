@@ -170,9 +170,11 @@ def _chars(obj: dict) -> int:
 def _preview(obj: dict | None, text: str | None = None, limit: int = 200) -> str:
     from pipeline.records import render_text
 
+    from pipeline.dvc_ops import clean_text
+
     if text is None:
         text = render_text(obj) if obj else ""
-    text = text.replace("\n", " ⏎ ")
+    text = clean_text(text).replace("\n", " ⏎ ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

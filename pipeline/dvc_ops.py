@@ -78,6 +78,11 @@ def clean_line(line: str) -> str:
     return _ANSI.sub("", line.rstrip("\r\n").split("\r")[-1])
 
 
+def clean_text(text: str) -> str:
+    """Like clean_line for multi-line text: escapes and control characters out, newlines kept."""
+    return _ANSI.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def _last_error(output: str) -> str:
     lines = [clean_line(x).strip() for x in output.splitlines() if x.strip()]
     for line in reversed(lines):
@@ -457,6 +462,9 @@ def _map_dvc_error(err: Exception, root: Path, path: str | None, rev: str | None
     if isinstance(err, RevError):
         return UserError(f"revision {rev!r} not found in {root}: use a commit, branch, tag or experiment name "
                          "(see `git log --oneline` and `dvc exp list`)")
+    if isinstance(err, PathMissingError) and path and _dvc_tracked_at(root, path, rev):
+        return UserError(f"{path!r} at {at} is tracked by DVC but its data is not in the local cache: "
+                         "run `dvc pull` (or `dvc fetch --all-commits`) and try again")
     if isinstance(err, PathMissingError):
         return UserError(f"{path!r} is not in the repository at {at} (neither DVC-tracked nor in git): "
                          "pick a revision where it exists, or pass another PATH")
@@ -468,6 +476,22 @@ def _map_dvc_error(err: Exception, root: Path, path: str | None, rev: str | None
         return UserError(f"{path!r} at {at} is tracked by DVC but its data is not in the local cache: "
                          f"run `dvc pull` (or `dvc fetch --all-commits`) and try again")
     return UserError(f"{path!r} at {at}: {err}")
+
+
+def _git_show(root: Path, rev: str, path: str) -> str | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _dvc_tracked_at(root: Path, path: str, rev: str | None) -> bool:
+    """Whether ``path`` is a DVC output at ``rev`` (a .dvc file or a dvc.lock entry names it)."""
+    if _is_workspace(rev):
+        lock = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else ""
+        return (root / f"{path}.dvc").exists() or f"path: {path}" in lock
+    if _git_show(root, rev, f"{path}.dvc") is not None:
+        return True
+    lock = _git_show(root, rev, "dvc.lock") or ""
+    return f"path: {path}" in lock
 
 
 @contextmanager

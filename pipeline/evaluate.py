@@ -43,6 +43,9 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
 
 
 def run(params: Params, args: Any = None) -> int:
+    from pipeline.modeling import quiet_libraries
+
+    quiet_libraries()
     from peft import PeftModel
 
     from pipeline.modeling import encode_example, load_base_model, load_tokenizer, pick_device

@@ -89,7 +89,15 @@ def read_base_info(base_dir: Path) -> dict:
     return json.loads(info.read_text())
 
 
-def _silence_transformers() -> None:
+def quiet_libraries() -> None:
+    """Keep the stage logs about the run: library notices that need no action are muted."""
+    import logging
+    import warnings
+
+    # bitsandbytes looks for a faster CPU kernel on the hub at import and logs its absence.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -102,7 +110,7 @@ def load_tokenizer(base_dir: Path, adapter_dir: Path | None = None):
     """The tokenizer for a prepared base; the adapter's copy wins (tiny trains its own)."""
     from transformers import AutoTokenizer
 
-    _silence_transformers()
+    quiet_libraries()
     for folder in (adapter_dir, base_dir):
         if folder is not None and (folder / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(folder)
@@ -260,7 +268,7 @@ def load_base_model(base_dir: Path, quantization: str = "none", device: str = "c
     import torch
     from transformers import AutoModelForCausalLM
 
-    _silence_transformers()
+    quiet_libraries()
     info = read_base_info(base_dir)
     source = str(base_dir) if info["kind"] in ("gguf", "tiny") else info["source"]
     kwargs: dict[str, Any] = {}

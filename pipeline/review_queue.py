@@ -755,7 +755,8 @@ class DroppedIndex:
         hi = int(np.searchsorted(self.keys, k, side="right"))
         rows = []
         with open(self.path, "rb") as fh:
-            for i in range(lo, min(hi, lo + limit)):
+            # the best-scored first; a sample with thousands of twins reads only the first few hundred
+            for i in range(lo, min(hi, lo + max(limit, 200))):
                 fh.seek(int(self.starts[i]))
                 raw = fh.read(int(self.ends[i] - self.starts[i]))
                 try:
@@ -764,8 +765,8 @@ class DroppedIndex:
                     continue
                 if isinstance(row, dict) and row.get("matched_id") == rid:
                     rows.append(row)
-        rows.sort(key=lambda r: -(r.get("score") or 0) if isinstance(r.get("score"), (int, float)) else 0)
-        return rows, hi - lo
+        rows.sort(key=lambda r: -r["score"] if isinstance(r.get("score"), (int, float)) else 0)
+        return rows[:limit], hi - lo
 
 
 def approx_tokens(text: str) -> int:

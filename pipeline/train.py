@@ -90,6 +90,9 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
 
 
 def run(params: Params, args: Any = None) -> int:
+    from pipeline.modeling import quiet_libraries
+
+    quiet_libraries()
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from tqdm import tqdm

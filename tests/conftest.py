@@ -31,4 +31,8 @@ def env_with_bin() -> dict:
     """Environment whose PATH finds this venv's tenny and dvc first (DVC runs `tenny <stage>`)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # `dvc exp run` commits to git: give it an identity that does not depend on the machine.
+    for var, value in (("GIT_AUTHOR_NAME", "tenny tests"), ("GIT_AUTHOR_EMAIL", "tests@tenny.invalid"),
+                       ("GIT_COMMITTER_NAME", "tenny tests"), ("GIT_COMMITTER_EMAIL", "tests@tenny.invalid")):
+        env.setdefault(var, value)
     return env

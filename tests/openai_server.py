@@ -16,7 +16,8 @@ Faults are scripted, never random unless asked for:
 Fault names: ``429`` (``429:0.2`` sets Retry-After to 0.2 s), ``500``,
 ``timeout`` (hangs longer than any test timeout), ``length`` (truncated, with
 finish_reason=length), ``garbage`` (a 200 whose body is not JSON), ``drop``
-(the connection is closed without a response).
+(the connection is closed without a response), ``http:<status>`` (that
+error status, e.g. ``http:401``), ``quota`` (429 insufficient_quota: not retryable).
 
 Run it alone for the benchmark: ``python tests/openai_server.py --latency 0.1``
 prints ``PORT <n>`` and serves until killed; ``GET /_stats`` returns the counts
@@ -74,6 +75,7 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     arrivals: dict = field(default_factory=lambda: defaultdict(list))  # key → monotonic times
     auth: set = field(default_factory=set)
+    bodies: list = field(default_factory=list)
     files_uploaded: int = 0
     batches_created: int = 0
     batch_retrieves: int = 0
@@ -103,7 +105,7 @@ class FakeOpenAI:
         fail_rate: float = 0.0,
         seed: int = 0,
         batch_polls: int = 1,
-        hang_s: float = 30.0,
+        hang_s: float = 2.0,
     ):
         self.latency = latency
         self.responder = responder
@@ -112,11 +114,11 @@ class FakeOpenAI:
         self.rng = random.Random(seed)
         self.batch_polls = batch_polls  # retrieves a batch stays in progress before completing
         self.hang_s = hang_s
+        self.keep_bodies = False  # tests that compare what was asked turn this on
         self.stats = Stats()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
-        self._reached: list[tuple[int, threading.Event]] = []
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,22 +174,19 @@ class FakeOpenAI:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
-    def wait_for_ok(self, n: int, timeout: float = 20.0) -> bool:
-        """Block until the server has answered ``n`` chat requests successfully."""
-        event = threading.Event()
-        with self._lock:
-            if self.stats.chat_ok >= n:
-                return True
-            self._reached.append((n, event))
-        return event.wait(timeout)
+    def wait_until(self, predicate: Callable[[Stats], bool], timeout: float = 20.0) -> bool:
+        """Block (a test's thread) until ``predicate(stats)`` holds; no polling sleeps."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.stats), timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def _count_ok(self, key: str) -> None:
-        with self._lock:
-            self.stats.chat_ok += 1
-            self.stats.ok_by_key[key] += 1
-            for n, event in self._reached:
-                if self.stats.chat_ok >= n:
-                    event.set()
+        self.stats.chat_ok += 1
+        self.stats.ok_by_key[key] += 1
+        self._notify()
 
     # ------------------------------------------------------------ chat
 
@@ -208,6 +207,9 @@ class FakeOpenAI:
         self.stats.by_key[key] += 1
         self.stats.arrivals[key].append(time.monotonic())
         self.stats.auth.add(request.headers.get("Authorization", ""))
+        if self.keep_bodies:
+            self.stats.bodies.append(body)
+        self._notify()
         fault = self._fault_for(body, attempt)
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -228,10 +230,17 @@ class FakeOpenAI:
         if fault == "drop":
             request.transport.close()
             raise asyncio.CancelledError  # nothing more to say on a closed connection
+        if fault == "quota":
+            return web.json_response({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                                                "code": "insufficient_quota"}}, status=429)
+        if fault and fault.startswith("http:"):
+            status = int(fault.split(":")[1])
+            return web.json_response({"error": {"message": f"scripted {status}", "type": "invalid_request_error"}}, status=status)
         content = self.responder(body)
         finish = "stop"
-        if fault == "length":
-            content = content[: max(1, int(len(content) * 0.8))]
+        if fault == "length":  # cut inside the last line, as max_tokens does
+            last = content.rstrip().rsplit("\n", 1)[-1]
+            content = content.rstrip()[: len(content.rstrip()) - max(1, len(last) // 2)]
             finish = "length"
         self._count_ok(key)
         return web.json_response(completion(body, content, finish))
@@ -276,6 +285,7 @@ class FakeOpenAI:
 
     async def retrieve_batch(self, request: web.Request) -> web.Response:
         self.stats.batch_retrieves += 1
+        self._notify()
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return web.json_response({"error": {"message": "No such batch"}}, status=404)

@@ -54,6 +54,7 @@ class Budget:
         if self.max_cost is not None and self.spent + self.reserved + worst > self.max_cost + 1e-12:
             self.stopped_by = "max_cost_usd"
             return None
+        self.stopped_by = None
         self.requests += 1
         self.reserved += worst
         return worst

@@ -79,7 +79,7 @@ class Engine:
         self.cache_only = cache_only
         self.limiter = Limiter(cfg.requests_per_minute, cfg.tokens_per_minute)
         self.rng = random.Random()  # jitter must differ between clients hitting one server
-        self.window = max(256, 8 * cfg.concurrency)
+        self.window = max(1024, 32 * cfg.concurrency)  # answers held for a straggler: ~2 KB each
         self.client = None
 
     # ---------------------------------------------------------------- sync face
@@ -115,6 +115,8 @@ class Engine:
         self.ready = asyncio.Event()
         self.window_sem = asyncio.Semaphore(self.window)
         self.slots = asyncio.Semaphore(self.cfg.concurrency)
+        self.in_flight = 0
+        self.settled = asyncio.Event()
 
     async def _open(self) -> None:
         import openai
@@ -157,6 +159,11 @@ class Engine:
                     continue
                 tokens = estimate_tokens(req.body["messages"])
                 reservation = self.budget.reserve(tokens)
+                # Out of budget with answers still coming: their real cost may leave room.
+                while reservation is None and self.in_flight and self.budget.stopped_by == "max_cost_usd":
+                    self.settled.clear()
+                    await self.settled.wait()
+                    reservation = self.budget.reserve(tokens)
                 if reservation is None:
                     self.window_sem.release()
                     self.stats.budget_stop = 1
@@ -164,6 +171,7 @@ class Engine:
                     break
                 await self.slots.acquire()
                 self.stats.sent += 1
+                self.in_flight += 1
                 task = asyncio.create_task(self._run_one(self._next_index(), req, tokens, reservation))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -202,6 +210,8 @@ class Engine:
         else:
             self.budget.settle(reservation, answer["cost_usd"])
             self.cache.put(req.key, answer)
+        self.in_flight -= 1
+        self.settled.set()
         self._finish(idx, req, answer)
 
     # ---------------------------------------------------------------- one request

@@ -67,6 +67,8 @@ def generate(params: Params, report) -> Iterator[dict]:
     if not cfg.prompts:
         raise UserError("params.yaml: synthesize.prompts is empty; list prompt files, e.g. [data/prompts/persona.yaml]")
     check_base_url(cfg)
+    if cfg.batch and not cfg.cache:
+        raise UserError("params.yaml: synthesize.batch needs synthesize.cache: true (batch answers come back through the cache in .tenny/)")
     files = [prompt_files.load(p) for p in cfg.prompts]
     key = api_key(cfg)
     sampling = Sampling(cfg.model, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)

@@ -1,0 +1,145 @@
+"""`tenny diff`: exact counts on a real git + DVC repository, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_diff_repo import EXPECTED, V1, dvc, git, init_repo, make_two_versions  # noqa: E402
+
+from pipeline import cli  # noqa: E402
+from pipeline.diff import diff_records, distribution, histogram  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_two_versions(tmp_path_factory.mktemp("diffrepo") / "r")
+
+
+def test_counts_are_exact(repo):
+    r = diff_records(repo, "HEAD~1", "HEAD")
+    assert {k: getattr(r, k) for k in EXPECTED} == EXPECTED
+    assert (r.a.records, r.b.records) == (10, 11)
+    assert r.a.kinds == {"text": 10} and r.b.kinds == {"text": 11}
+    assert r.b.edits_applied == 1 and r.a.edits_applied == 0
+    ids = {e.id for e in r.removed_examples}
+    assert ids == {V1[0]["id"], V1[1]["id"]}
+    edited = {e.id: e for e in r.edited_examples}
+    assert set(edited) == {V1[3]["id"], V1[4]["id"]}
+    assert edited[V1[4]["id"]].text == "an edited take on airports"
+    assert edited[V1[4]["id"]].old_text == V1[4]["text"]
+    assert r.meta_examples == [V1[2]["id"]]
+    d = r.decisions
+    assert (d.decided_a, d.decided_b, d.changed) == (1, 3, 3)
+    assert d.transitions == {"pending → accepted": 2, "accepted → rejected": 1}
+    assert d.edit_text_changed == 1
+    # Token figures side by side, from counts only.
+    assert r.a.token_stats()["count"] == 10 and r.b.token_stats()["count"] == 11
+    # params and metrics diffs come from DVC itself.
+    assert r.params["params.yaml"]["train.lr"]["old"] == 0.001
+    assert r.params["params.yaml"]["train.lr"]["new"] == 0.002
+    assert r.metrics["reports/count.json"]["records"]["new"] == 11
+
+
+def test_reverse_direction_swaps_added_and_removed(repo):
+    r = diff_records(repo, "HEAD", "HEAD~1", with_params=False)
+    assert (r.added, r.removed, r.edited, r.meta_changed, r.unchanged) == (2, 3, 2, 1, 5)
+
+
+def test_same_revision_is_all_unchanged(repo):
+    r = diff_records(repo, "HEAD", "HEAD", with_params=False, examples=0)
+    assert (r.added, r.removed, r.edited, r.meta_changed, r.unchanged) == (0, 0, 0, 0, 11)
+    assert r.decisions.changed == 0
+
+
+def test_workspace_revision(repo):
+    r = diff_records(repo, "HEAD", "workspace", with_params=False)
+    assert r.unchanged == 11
+
+
+def test_without_edits_applied_only_the_respaced_body_is_edited(repo):
+    r = diff_records(repo, "HEAD~1", "HEAD", apply_edits=False, with_params=False)
+    assert r.edited == 1 and r.unchanged == 6
+
+
+def test_cli_summary_and_json(repo, capsys, monkeypatch):
+    monkeypatch.chdir(repo)
+    assert cli.main(["--params", "params.yaml", "diff", "HEAD~1", "HEAD", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {k: out[k] for k in EXPECTED} == EXPECTED
+    assert out["decisions"]["transitions"]["accepted → rejected"] == 1
+    assert out["a"]["tokens"]["count"] == 10
+    assert cli.main(["diff", "HEAD~1", "HEAD"]) == 0
+    text = capsys.readouterr().out
+    assert "added" in text and "edited" in text and "train.lr" in text
+    assert "pending → accepted" in text
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["diff", "nope-rev", "HEAD"], "revision 'nope-rev' not found"),
+    (["diff", "HEAD~1", "HEAD", "data/final/train.jsonl"], "'data/final/train.jsonl' is not in the repository at revision 'HEAD~1'"),
+    (["diff", "HEAD", "HEAD", "--examples", "-1"], "--examples"),
+])
+def test_bad_input_is_one_line(repo, capsys, monkeypatch, args, needle):
+    monkeypatch.chdir(repo)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_path_added_at_one_revision_names_the_revision(tmp_path):
+    repo = init_repo(tmp_path / "r", pipeline=False)
+    (repo / "a.txt").write_text("x")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "one")
+    data = repo / "data/deduped/samples.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps(V1[0]) + "\n")
+    dvc(repo, "add", "-q", "data/deduped/samples.jsonl")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "two")
+    with pytest.raises(UserError, match="at revision 'HEAD~1'"):
+        diff_records(repo, "HEAD~1", "HEAD")
+    r = diff_records(repo, "HEAD", "HEAD", with_params=False)
+    assert r.unchanged == 1 and any("no review log" in n for n in r.notes)
+
+
+def test_not_a_dvc_repo(tmp_path, capsys, monkeypatch):
+    (tmp_path / "plain").mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    assert cli.main(["diff", "HEAD~1", "HEAD"]) == 2
+    assert "not inside a DVC repository" in capsys.readouterr().err
+
+
+def test_data_missing_from_cache_says_pull(repo, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)
+    shutil.rmtree(copy / ".dvc" / "cache")
+    shutil.rmtree(copy / ".dvc" / "tmp", ignore_errors=True)
+    with pytest.raises(UserError, match="dvc pull"):
+        diff_records(copy, "HEAD~1", "HEAD", with_params=False)
+
+
+def test_bad_line_names_file_revision_and_line(tmp_path):
+    repo = init_repo(tmp_path / "r", pipeline=False)
+    data = repo / "data/deduped/samples.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps(V1[0]) + "\n{not json\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "bad")
+    with pytest.raises(UserError, match=r"samples.jsonl@HEAD:2"):
+        diff_records(repo, "HEAD", "HEAD", with_params=False)
+
+
+def test_distribution_and_histogram():
+    d = distribution({1: 5, 10: 4, 100: 1})
+    assert d == {"count": 10, "mean": 14.5, "min": 1, "max": 100, "p50": 1, "p90": 10, "p99": 100}
+    h = dict(histogram({1: 5, 10: 4, 5000: 1}))
+    assert h["0-7"] == 5 and h["8-15"] == 4 and h["4096+"] == 1

@@ -1,0 +1,109 @@
+"""kill -9 mid-run, then resume: only what is missing is asked again. Also batch mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import env_with_bin  # noqa: E402
+from openai_server import FakeOpenAI  # noqa: E402
+from test_synth_openai import KEY, PERSONA  # noqa: E402
+
+from pipeline.openai_synth.request_cache import RequestCache  # noqa: E402
+from pipeline.records import read_records  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+CELLS = 40
+
+
+@pytest.fixture
+def slow_server():
+    s = FakeOpenAI(latency=0.03).start_in_thread()
+    yield s
+    s.stop_thread()
+
+
+def setup_project(root: Path, server: FakeOpenAI, **synth) -> None:
+    (root / "data/prompts").mkdir(parents=True)
+    prompt = {**PERSONA, "grid": {"topic": [f"topic {i}" for i in range(CELLS)]}}
+    (root / "data/prompts/persona.yaml").write_text(yaml.safe_dump(prompt), encoding="utf-8")
+    params = {"synthesize": {
+        "provider": "openai", "base_url": server.url, "model": "test-model", "concurrency": 2,
+        "retry_base_s": 0.01, "timeout_s": 5, "filters": {"min_chars": 1}, **synth,
+    }}
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+
+
+def tenny(root: Path, tenny_bin: str) -> subprocess.Popen:
+    env = {**env_with_bin(), "OPENAI_API_KEY": KEY}
+    return subprocess.Popen([tenny_bin, "synthesize"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_asks_only_for_what_is_missing(tmp_path, slow_server, tenny_bin):
+    setup_project(tmp_path, slow_server)
+    first = tenny(tmp_path, tenny_bin)
+    assert slow_server.wait_until(lambda s: s.chat_ok >= 8)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    assert not (tmp_path / "data/raw/samples.jsonl").exists()  # the output is all or nothing
+
+    cache = RequestCache(tmp_path / ".tenny/synthesize-cache.sqlite")
+    kept = len(cache)
+    cache.close()
+    asked_before = slow_server.stats.chat_requests
+    assert 8 - 2 <= kept < CELLS  # killed mid-run with its answers kept (bar the 2 in flight)
+
+    second = tenny(tmp_path, tenny_bin)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert slow_server.stats.chat_requests - asked_before == CELLS - kept  # nothing asked twice...
+    records = list(read_records(tmp_path / "data/raw/samples.jsonl"))
+    assert len(records) == CELLS * 5  # ...and nothing lost
+    report = json.loads((tmp_path / "reports/synthesize.json").read_text())
+    assert report["requests"]["cached"] == kept and report["requests"]["sent"] == CELLS - kept
+    # answers the server gave but the killed client never stored: at most the requests in flight
+    assert slow_server.stats.to_json()["ok_asked_twice"] <= 2
+
+
+def test_batch_mode_uploads_creates_polls_and_reads_back(tmp_path, slow_server, tenny_bin, monkeypatch):
+    from pipeline import synthesize
+    from pipeline.params import load_params
+
+    setup_project(tmp_path, slow_server, batch=True, batch_poll_s=0.01)
+    slow_server.batch_polls = 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    synthesize.run(load_params("params.yaml"))
+    stats = slow_server.stats
+    assert (stats.files_uploaded, stats.batches_created, stats.batch_retrieves) == (1, 1, 3)
+    assert stats.chat_requests == 0  # all of it went through the batch
+    assert len(list(read_records("data/raw/samples.jsonl"))) == CELLS * 5
+    report = json.loads(Path("reports/synthesize.json").read_text())
+    assert report["requests"]["ok"] == CELLS and report["batch"] == 1
+    synthesize.run(load_params("params.yaml"))  # all cached: no new batch
+    assert (stats.files_uploaded, stats.batches_created) == (1, 1)
+
+
+def test_killed_batch_run_resumes_polling_instead_of_paying_again(tmp_path, slow_server, tenny_bin):
+    setup_project(tmp_path, slow_server, batch=True, batch_poll_s=0.01)
+    slow_server.batch_polls = 10**9  # never finishes while the first run lives
+    first = tenny(tmp_path, tenny_bin)
+    assert slow_server.wait_until(lambda s: s.batch_retrieves >= 2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    slow_server.batch_polls = 0  # the next poll finds it done
+    second = tenny(tmp_path, tenny_bin)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "resuming batch batch_0001" in err
+    assert (slow_server.stats.files_uploaded, slow_server.stats.batches_created) == (1, 1)
+    assert len(list(read_records(tmp_path / "data/raw/samples.jsonl"))) == CELLS * 5

@@ -1,0 +1,193 @@
+"""The training monitor and `tenny train-watch`, fed by dvclive folders written while they watch."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+from pipeline.train_progress import ProgressReader, summary_line
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def write_run(d: Path, **fields) -> None:
+    """run.json the way the train stage writes it: temp file + rename."""
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / ".run.json.tmp"
+    tmp.write_text(json.dumps(fields))
+    os.replace(tmp, d / "run.json")
+
+
+def train_like(d: Path, steps: int, *, total: int | None = None, pause: float = 0.0, finish: bool = True,
+               started: threading.Event | None = None) -> None:
+    """What pipeline/train.py does, with the real dvclive Live API."""
+    from dvclive import Live
+
+    total = total or steps
+    t0 = time.time()
+    with Live(dir=str(d), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        for step in range(steps):
+            live.log_metric("train/loss", 3.0 / (step + 1))
+            live.log_metric("train/lr", 1e-3)
+            live.log_metric("train/tokens_per_s", 1000.0 + step)
+            live.log_metric("train/epoch", (step + 1) / total)
+            live.log_metric("train/step_time_s", 0.1)
+            if step % 2 == 1:
+                live.log_metric("eval/loss", 4.0 / (step + 1))
+            live.next_step()
+            write_run(d, status="running", total_steps=total, step=step + 1, started_at=t0, updated_at=time.time(),
+                      eta_s=(total - step - 1) * 0.1, device="cpu", quantization="none", base_model="tiny",
+                      last_checkpoint=f"models/adapter/checkpoint-{step + 1}" if step % 2 else None)
+            if started is not None:
+                started.set()
+            time.sleep(pause)
+    if finish:
+        write_run(d, status="finished", total_steps=total, step=steps, started_at=t0, updated_at=time.time(),
+                  eta_s=0, device="cpu", quantization="none", base_model="tiny", last_checkpoint="models/adapter")
+
+
+def test_reader_follows_a_live_run(tmp_path):
+    d = tmp_path / "dvclive"
+    reader = ProgressReader(d)
+    assert reader.poll().status == "waiting"
+    started = threading.Event()
+    t = threading.Thread(target=train_like, args=(d, 12), kwargs={"pause": 0.05, "started": started})
+    t.start()
+    started.wait(10)
+    seen_steps = []
+    while t.is_alive():
+        p = reader.poll()
+        if p.step is not None:
+            seen_steps.append(p.step)
+        time.sleep(0.02)
+    t.join()
+    p = reader.poll()
+    assert p.status == "finished" and p.step == 12 and p.total_steps == 12
+    assert len(set(seen_steps)) > 1, "the watcher saw the run progress, not just its end"
+    assert [s for s, _ in p.series["train/loss"]] == list(range(12))
+    assert p.series["eval/loss"][-1] == (11, pytest.approx(4.0 / 12))
+    assert p.value("train/lr") == pytest.approx(1e-3)
+    assert p.epoch == pytest.approx(1.0)
+    assert p.last_checkpoint == "models/adapter"
+    assert "finished" in summary_line(p)
+
+
+def test_half_written_files_are_tolerated(tmp_path):
+    d = tmp_path / "dvclive"
+    train_like(d, 3, total=10, finish=False)
+    reader = ProgressReader(d)
+    good = reader.poll()
+    assert good.step == 3
+    # A TSV line caught mid-write, and JSON files cut in the middle.
+    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
+        fh.write("3\t0.7")
+    (d / "metrics.json").write_text('{"train": {"loss": 0.')
+    (d / "run.json").write_text('{"status": "runn')
+    p = reader.poll()
+    assert [s for s, _ in p.series["train/loss"]] == [0, 1, 2]  # the partial line waits
+    assert p.step == 3 and p.status in ("running", "stale")  # the last good run.json is kept
+    assert any("run.json" in x for x in p.problems) and any("metrics.json" in x for x in p.problems)
+    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
+        fh.write("5\n")
+    assert reader.poll().series["train/loss"][-1] == (3, pytest.approx(0.75))
+
+
+def test_fresh_reader_on_garbage_and_a_new_run(tmp_path):
+    d = tmp_path / "dvclive"
+    (d / "plots/metrics/train").mkdir(parents=True)
+    (d / "run.json").write_text("{")
+    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\nnot-a-number\tx\n1\t0.5\n")
+    reader = ProgressReader(d)
+    p = reader.poll()
+    assert p.series["train/loss"] == [(1, 0.5)] and p.problems
+    # A new run replaces the folder: the old series is forgotten, not mixed in.
+    import shutil
+
+    shutil.rmtree(d)
+    train_like(d, 2)
+    p = reader.poll()
+    assert [s for s, _ in p.series["train/loss"]] == [0, 1] and p.status == "finished"
+
+
+def test_stale_run_is_flagged(tmp_path):
+    d = tmp_path / "dvclive"
+    write_run(d, status="running", step=5, total_steps=10, updated_at=time.time() - 3600)
+    assert ProgressReader(d).poll().status == "stale"
+
+
+def test_cli_once_and_follow(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--params", "none.yaml", "train-watch", "--once"]) == 0
+    assert "no training output yet" in capsys.readouterr().out
+    d = tmp_path / "dvclive"
+    t = threading.Thread(target=train_like, args=(d, 6), kwargs={"pause": 0.1})
+    t.start()
+    try:
+        assert cli.main(["--params", "none.yaml", "train-watch", "--follow", "--interval", "0.05"]) == 0
+    finally:
+        t.join()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("finished") and "step 6/6" in out[-1]
+    assert len(out) >= 2
+    write_run(d, status="failed", step=1, total_steps=6)
+    assert cli.main(["--params", "none.yaml", "train-watch", "--once", "--dir", str(d)]) == 1
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["--params", "none.yaml", "train-watch", "--once", "--dir", str(tmp_path / "file")]) == 2
+    assert "not a dvclive folder" in capsys.readouterr().err
+
+
+async def test_monitor_screen_follows_a_run_without_gpu(tmp_path, monkeypatch):
+    """The app watching while a run writes; NVML absent → 'no GPU'."""
+    from tui.app import TrainWatchApp
+    from tui.widgets.gpu_panel import Nvml
+
+    import pynvml
+
+    def no_nvml():
+        raise pynvml.NVMLError_LibraryNotFound()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_nvml)
+    d = tmp_path / "dvclive"
+    app = TrainWatchApp(d, interval=0.05, nvml=Nvml())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        screen = app.screen
+        header = str(screen.query_one("#train-header").render())
+        assert "no training output yet" in header
+        t = threading.Thread(target=train_like, args=(d, 8), kwargs={"pause": 0.05})
+        t.start()
+        while t.is_alive():
+            await pilot.pause(0.05)
+        t.join()
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if screen.progress and screen.progress.status == "finished":
+                break
+        p = screen.progress
+        assert p.status == "finished" and p.step == 8
+        assert "FINISHED" in str(screen.query_one("#train-header").render())
+        assert "no GPU" in str(screen.query_one("#gpu-panel").render())
+        stats = str(screen.query_one("#train-stats").render())
+        assert "tokens / s" in stats and "1,007" in stats
+        bar = screen.query_one("#train-progress")
+        assert bar.total == 8 and bar.progress == 8
+        chart = screen.query_one("#loss-chart")
+        assert chart._shown and chart._shown[0][1] == 8
+
+
+def test_nvml_reading_never_raises(monkeypatch):
+    from tui.widgets.gpu_panel import Nvml, render_gpus
+
+    import pynvml
+
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 0)
+    stats, message = Nvml().read()
+    assert stats == [] and "no GPU" in message
+    assert "no GPU" in render_gpus(stats, message).plain

@@ -1,0 +1,151 @@
+"""`tenny` with no command: one app for the whole loop.
+
+Screens (modes, each keeps its own state while you switch):
+
+    1 pipeline     stages and their DVC state; repro, exp run, push/pull
+    2 training     the live training monitor (dvclive/)
+    3 diff         record-level dataset diff between two revisions
+    4 experiments  dvc exp show, sortable; mark two and diff them
+    5 eval         base vs adapter generations with the eval metrics
+    v review       the review queue (pushed on top; another module)
+
+Every screen is also in the command palette (ctrl+p). The app holds no truth:
+it reads the files DVC and the stages write, and starts runs through dvc.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+
+from pipeline import paths
+from pipeline.errors import UserError
+
+SCREENS_HELP = (
+    ("pipeline", "1", "Pipeline: stages, runs, push/pull"),
+    ("training", "2", "Training monitor"),
+    ("diff", "3", "Dataset diff between revisions"),
+    ("experiments", "4", "Experiments table"),
+    ("eval", "5", "Eval: base vs adapter"),
+)
+
+
+class TennyCommands(Provider):
+    """Command palette entries: every screen, and the runs of the pipeline screen."""
+
+    def _commands(self):
+        app = self.app
+        for mode, key, help_text in SCREENS_HELP:
+            yield f"Open {mode}", partial(app.switch_mode, mode), f"{help_text} (key {key})"
+        yield "Open review", app.action_review, "Review samples: accept, reject, edit (key v)"
+        yield "Run dvc repro (all stages)", partial(app.pipeline_action, "repro_all"), "on the pipeline screen"
+        yield "Run dvc exp run with the overrides typed", partial(app.pipeline_action, "exp_run"), "on the pipeline screen"
+        yield "Cancel the current run", partial(app.pipeline_action, "cancel_run"), "terminates its process group"
+        yield "dvc push", partial(app.pipeline_action, "push"), "to the remote from params.yaml"
+        yield "dvc pull", partial(app.pipeline_action, "pull"), "from the remote from params.yaml"
+        yield "dvc status -c", partial(app.pipeline_action, "cloud_status"), "compare the cache with the remote"
+
+    async def discover(self) -> Hits:
+        for name, callback, help_text in self._commands():
+            yield Hit(1.0, name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, callback, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+class TennyApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "tenny"
+    COMMANDS = App.COMMANDS | {TennyCommands}
+    BINDINGS = [
+        Binding("1", "switch_mode('pipeline')", "Pipeline"),
+        Binding("2", "switch_mode('training')", "Training"),
+        Binding("3", "switch_mode('diff')", "Diff"),
+        Binding("4", "switch_mode('experiments')", "Experiments"),
+        Binding("5", "switch_mode('eval')", "Eval"),
+        Binding("v", "review", "Review"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, root: str | Path | None = None, params=None, *, start: str = "pipeline",
+                 dvclive_dir: str | Path | None = None):
+        super().__init__()
+        self.root = Path(root or Path.cwd()).resolve()
+        self.params = params
+        self.start_mode = start
+        from tui.screens.dataset_diff import DatasetDiffScreen
+        from tui.screens.eval_view import EvalScreen
+        from tui.screens.experiments import ExperimentsScreen
+        from tui.screens.pipeline import PipelineScreen
+        from tui.screens.train_monitor import TrainMonitorScreen
+
+        root = self.root
+        self.add_mode("pipeline", lambda: PipelineScreen(root, params))
+        self.add_mode("training", lambda: TrainMonitorScreen(dvclive_dir or paths.DVCLIVE_DIR, root=root))
+        self.add_mode("diff", lambda: DatasetDiffScreen(root=root))
+        self.add_mode("experiments", lambda: ExperimentsScreen(root))
+        self.add_mode("eval", lambda: EvalScreen(root))
+
+    def on_mount(self) -> None:
+        self.switch_mode(self.start_mode)
+
+    def action_review(self) -> None:
+        # Imported here: the review screen is another module and may not exist in this checkout.
+        try:
+            from tui.screens.review import ReviewScreen
+        except ImportError as err:
+            self.notify(f"the review screen is not available: {err}", severity="error")
+            return
+        try:
+            screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS)
+        except UserError as err:
+            self.notify(str(err), severity="error")
+            return
+        self.push_screen(screen)
+
+    def pipeline_action(self, name: str) -> None:
+        """Run a pipeline-screen action from anywhere (the command palette)."""
+
+        async def go() -> None:
+            await self.switch_mode("pipeline")
+            getattr(self.screen, f"action_{name}")()
+
+        self.call_later(go)
+
+
+class TrainWatchApp(App):
+    """`tenny train-watch`: the training monitor alone."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tenny train-watch"
+    BINDINGS = [Binding("q", "quit", "Quit")]
+
+    def __init__(self, directory: str | Path, *, interval: float = 1.0, nvml=None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.interval = interval
+        self.nvml = nvml
+
+    def on_mount(self) -> None:
+        from tui.screens.train_monitor import TrainMonitorScreen
+
+        self.push_screen(TrainMonitorScreen(self.directory, interval=self.interval, nvml=self.nvml))
+
+
+def run_app(params, args) -> int:
+    """Entry point for `tenny` with no command."""
+    root = Path(os.getcwd())
+    if not (root / ".dvc").is_dir():
+        raise UserError(f"{root} is not a DVC repository: cd into your tenny project (where dvc.yaml is), "
+                        "or run `git init && dvc init` to start one")
+    TennyApp(root, params).run()
+    return 0

@@ -1,0 +1,183 @@
+"""Dataset diff: which records changed between two revisions, not just which files.
+
+The same diff as `tenny diff` (pipeline/diff.py), run in a worker thread; a
+million records each side takes seconds, and the screen stays responsive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
+
+from pipeline.diff import DEFAULT_PATH, DiffResult, changed_values
+from pipeline.errors import UserError
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "—" if v is None else str(v)
+
+
+class DatasetDiffScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+r", "run_diff", "Diff"),
+        Binding("ctrl+s", "swap", "Swap A/B"),
+    ]
+
+    def __init__(self, rev_a: str = "HEAD~1", rev_b: str = "HEAD", path: str = DEFAULT_PATH, *,
+                 root: str | Path | None = None, auto_run: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root or Path.cwd())
+        self.initial = (rev_a, rev_b, path)
+        self.auto_run = auto_run
+        self.result: DiffResult | None = None
+        self.error: str | None = None
+
+    def compose(self) -> ComposeResult:
+        a, b, path = self.initial
+        yield Header()
+        with Horizontal(id="diff-form"):
+            yield Input(a, placeholder="REV_A (commit, branch, tag, experiment, workspace)", id="rev-a")
+            yield Input(b, placeholder="REV_B", id="rev-b")
+            yield Input(path, placeholder="records file", id="diff-path")
+            yield Button("Diff", id="btn-diff", variant="primary")
+        with VerticalScroll(id="diff-body"):
+            yield Static(id="diff-message")
+            with Horizontal(id="diff-top"):
+                yield DataTable(id="diff-counts", cursor_type="row")
+                yield DataTable(id="diff-tokens", cursor_type="row")
+            yield DataTable(id="diff-examples", cursor_type="row")
+            yield DataTable(id="diff-decisions", cursor_type="row")
+            yield DataTable(id="diff-params", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"dataset diff — {self.root}"
+        titles = {"#diff-counts": "records", "#diff-tokens": "token lengths (≈ chars/4)",
+                  "#diff-examples": "changed records", "#diff-decisions": "review decisions",
+                  "#diff-params": "params and metrics"}
+        for sel, title in titles.items():
+            self.query_one(sel, DataTable).border_title = title
+        self._message("pick two revisions and press Enter (or ctrl+r)", "dim")
+        if self.auto_run:
+            self.action_run_diff()
+
+    def _message(self, text: str, style: str = "") -> None:
+        self.query_one("#diff-message", Static).update(Text(text, style=style))
+
+    def action_swap(self) -> None:
+        a, b = self.query_one("#rev-a", Input), self.query_one("#rev-b", Input)
+        a.value, b.value = b.value, a.value
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#btn-diff")
+    def action_run_diff(self) -> None:
+        a = self.query_one("#rev-a", Input).value.strip()
+        b = self.query_one("#rev-b", Input).value.strip()
+        path = self.query_one("#diff-path", Input).value.strip() or DEFAULT_PATH
+        if not a or not b:
+            self._message("type two revisions: e.g. HEAD~1 and HEAD, or two experiment names", "red")
+            return
+        self.error = None
+        self._message(f"reading {path} at {a} and at {b}…", "yellow")
+        self._diff(a, b, path)
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
+    def _diff(self, a: str, b: str, path: str) -> None:
+        from pipeline.diff import diff_records
+
+        try:
+            result = diff_records(self.root, a, b, path)
+        except UserError as err:
+            self.app.call_from_thread(self._failed, str(err))
+            return
+        except Exception as err:  # a DVC internal error: show it, keep the app
+            self.app.call_from_thread(self._failed, f"{type(err).__name__}: {err}")
+            return
+        self.app.call_from_thread(self._show, result)
+
+    def _failed(self, message: str) -> None:
+        self.error = message
+        self.result = None
+        self._message(message, "bold red")
+
+    def _show(self, r: DiffResult) -> None:
+        self.result = r
+        summary = (f"{r.path}: {r.a.rev} → {r.b.rev}   +{r.added:,} added   −{r.removed:,} removed   "
+                   f"~{r.edited:,} edited   {r.meta_changed:,} meta changed   {r.unchanged:,} unchanged   "
+                   f"({r.seconds:.1f} s)")
+        msg = Text(summary, style="bold")
+        for note in r.notes:
+            msg.append(f"\n{note}", style="dim")
+        self.query_one("#diff-message", Static).update(msg)
+
+        counts = self.query_one("#diff-counts", DataTable)
+        counts.clear(columns=True)
+        counts.add_columns("", r.a.rev, r.b.rev)
+        counts.add_row("records", f"{r.a.records:,}", f"{r.b.records:,}")
+        for kind in ("text", "pair", "chat"):
+            if r.a.kinds.get(kind) or r.b.kinds.get(kind):
+                counts.add_row(f"  {kind}", f"{r.a.kinds.get(kind, 0):,}", f"{r.b.kinds.get(kind, 0):,}")
+        if r.a.edits_applied or r.b.edits_applied:
+            counts.add_row("  review edits", f"{r.a.edits_applied:,}", f"{r.b.edits_applied:,}")
+        for label, n in (("added", r.added), ("removed", r.removed), ("edited", r.edited),
+                         ("meta changed", r.meta_changed), ("unchanged", r.unchanged)):
+            counts.add_row(label, "", f"{n:,}")
+
+        tokens = self.query_one("#diff-tokens", DataTable)
+        tokens.clear(columns=True)
+        tokens.add_columns("tokens", r.a.rev, r.b.rev)
+        sa, sb = r.a.token_stats(), r.b.token_stats()
+        for key in ("mean", "p50", "p90", "p99", "max"):
+            tokens.add_row(key, _fmt(sa.get(key)), _fmt(sb.get(key)))
+        for (label, ca), (_, cb) in zip(r.a.token_histogram(), r.b.token_histogram()):
+            if ca or cb:
+                tokens.add_row(label, f"{ca:,}", f"{cb:,}")
+
+        ex = self.query_one("#diff-examples", DataTable)
+        ex.clear(columns=True)
+        ex.add_columns("", "id", "text")
+        # Record text is untrusted: Text(), never markup.
+        for e in r.added_examples:
+            ex.add_row(Text("+", style="green"), e.id, Text(e.text))
+        for e in r.removed_examples:
+            ex.add_row(Text("−", style="red"), e.id, Text(e.text))
+        for e in r.edited_examples:
+            ex.add_row(Text("~", style="yellow"), e.id, Text(f"{e.old_text or '?'}  →  {e.text}"))
+        for rid in r.meta_examples:
+            ex.add_row(Text("m", style="dim"), rid, Text("meta changed", style="dim"))
+
+        dec = self.query_one("#diff-decisions", DataTable)
+        dec.clear(columns=True)
+        dec.add_columns("decisions", "ids")
+        if r.decisions:
+            d = r.decisions
+            dec.add_row(f"decided at {r.a.rev}", f"{d.decided_a:,}")
+            dec.add_row(f"decided at {r.b.rev}", f"{d.decided_b:,}")
+            dec.add_row("changed", f"{d.changed:,}")
+            for t, n in d.transitions.items():
+                dec.add_row(f"  {t}", f"{n:,}")
+            if d.edit_text_changed:
+                dec.add_row("  edited text changed", f"{d.edit_text_changed:,}")
+            if d.tags_changed:
+                dec.add_row("  tags changed", f"{d.tags_changed:,}")
+        else:
+            dec.add_row("no review log at either revision", "")
+
+        pm = self.query_one("#diff-params", DataTable)
+        pm.clear(columns=True)
+        pm.add_columns("", "file", "key", r.a.rev, r.b.rev, "change")
+        for title, diff in (("param", r.params), ("metric", r.metrics)):
+            for fname, key, old, new, delta in changed_values(diff):
+                pm.add_row(title, Text(str(fname)), Text(str(key)), Text(_fmt(old)), Text(_fmt(new)),
+                           "" if delta is None else _fmt(delta))
+        if not pm.row_count:
+            pm.add_row("", "", "no params or metrics changed", "", "", "")

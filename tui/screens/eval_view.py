@@ -1,0 +1,159 @@
+"""Eval view: base and adapter answers to the same prompts, side by side, with the metrics.
+
+Reads reports/eval.json (metrics) and reports/generations.jsonl through the
+shared JSONL reader. Generations are model output: shown as text, never markup.
+Accepted row shapes (the eval stage writes the first):
+
+- ``{"prompt", "base", "adapter"}`` (also ``base_output`` / ``adapter_output``);
+- one row per model: ``{"prompt", "model": "base"|"adapter", "output"|"text"|"completion"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from pipeline import paths
+from pipeline.dvc_ops import clean_text, flatten
+from pipeline.errors import UserError
+
+_BASE_KEYS = ("base", "base_output", "base_generation", "base_text")
+_ADAPTER_KEYS = ("adapter", "adapter_output", "adapter_generation", "adapter_text", "tuned")
+_OUTPUT_KEYS = ("output", "text", "completion", "generation")
+
+
+def _first(row: dict, keys) -> str | None:
+    for k in keys:
+        v = row.get(k)
+        if isinstance(v, str):
+            return v
+    return None
+
+
+def load_generations(path: Path) -> list[dict]:
+    """[{"prompt", "base", "adapter"}], merging one-row-per-model files by prompt."""
+    from pipeline.records import iter_jsonl
+
+    merged: dict[str, dict] = {}
+    for _, row in iter_jsonl(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            messages = row.get("messages")
+            prompt = json.dumps(messages, ensure_ascii=False) if messages else ""
+        entry = merged.setdefault(prompt, {"prompt": prompt, "base": None, "adapter": None})
+        base, adapter = _first(row, _BASE_KEYS), _first(row, _ADAPTER_KEYS)
+        if base is None and adapter is None:
+            model = str(row.get("model") or row.get("which") or "").lower()
+            out = _first(row, _OUTPUT_KEYS)
+            if "adapter" in model or "tuned" in model or "lora" in model:
+                adapter = out
+            elif model:
+                base = out
+        if base is not None:
+            entry["base"] = base
+        if adapter is not None:
+            entry["adapter"] = adapter
+    return list(merged.values())
+
+
+def load_metrics(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist yet: run the eval stage (`dvc repro eval`, or r on the pipeline screen)") from None
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); re-run `dvc repro eval`") from None
+    return flatten(data) if isinstance(data, dict) else {}
+
+
+class EvalScreen(Screen):
+    BINDINGS = [Binding("f5", "refresh", "Reload")]
+
+    def __init__(self, root: str | Path | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root or Path.cwd())
+        self.generations: list[dict] = []
+        self.metrics: dict = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="eval-message")
+        with Horizontal(id="eval-top"):
+            yield DataTable(id="eval-metrics", cursor_type="row")
+            yield DataTable(id="eval-prompts", cursor_type="row")
+        with Horizontal(id="eval-sides"):
+            with VerticalScroll(id="eval-base-pane"):
+                yield Static(id="eval-base")
+            with VerticalScroll(id="eval-adapter-pane"):
+                yield Static(id="eval-adapter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"eval — {self.root / paths.REPORTS}"
+        self.query_one("#eval-metrics", DataTable).border_title = "metrics"
+        self.query_one("#eval-prompts", DataTable).border_title = "prompts"
+        self.query_one("#eval-base-pane").border_title = "base model"
+        self.query_one("#eval-adapter-pane").border_title = "base + adapter"
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        self._load()
+
+    @work(thread=True, exclusive=True, group="eval-load", exit_on_error=False)
+    def _load(self) -> None:
+        problems = []
+        metrics, gens = {}, []
+        try:
+            metrics = load_metrics(self.root / paths.EVAL_REPORT)
+        except UserError as err:
+            problems.append(str(err))
+        gen_path = self.root / paths.GENERATIONS
+        if gen_path.exists():
+            try:
+                gens = load_generations(gen_path)
+            except UserError as err:
+                problems.append(str(err))
+        else:
+            problems.append(f"{gen_path} does not exist yet: run the eval stage (`dvc repro eval`)")
+        self.app.call_from_thread(self._show, metrics, gens, problems)
+
+    def _show(self, metrics: dict, gens: list[dict], problems: list[str]) -> None:
+        self.metrics, self.generations = metrics, gens
+        self.query_one("#eval-message", Static).update(
+            Text("\n".join(problems), style="red") if problems else
+            Text(f"{len(gens)} prompts · {len(metrics)} metrics", style="dim"))
+        mt = self.query_one("#eval-metrics", DataTable)
+        mt.clear(columns=True)
+        mt.add_columns("metric", "value")
+        for k, v in metrics.items():
+            mt.add_row(Text(str(k)), Text(f"{v:.6g}" if isinstance(v, float) else str(v)))
+        pt = self.query_one("#eval-prompts", DataTable)
+        pt.clear(columns=True)
+        pt.add_columns("#", "prompt")
+        for i, g in enumerate(gens):
+            pt.add_row(str(i + 1), Text(clean_text(g["prompt"][:120]).replace("\n", " ")), key=str(i))
+        self.show_generation(0)
+
+    def show_generation(self, index: int) -> None:
+        if not self.generations:
+            base = adapter = Text("no generations", style="dim")
+        else:
+            g = self.generations[max(0, min(index, len(self.generations) - 1))]
+            base = Text(clean_text(g["prompt"]) + "\n\n", style="bold")
+            base.append(clean_text(g["base"]) if g["base"] is not None else "(no base output)", style="")
+            adapter = Text(clean_text(g["prompt"]) + "\n\n", style="bold")
+            adapter.append(clean_text(g["adapter"]) if g["adapter"] is not None else "(no adapter output)", style="")
+        self.query_one("#eval-base", Static).update(base)
+        self.query_one("#eval-adapter", Static).update(adapter)
+
+    @on(DataTable.RowHighlighted, "#eval-prompts")
+    def _row(self, event: DataTable.RowHighlighted) -> None:
+        self.show_generation(event.cursor_row)

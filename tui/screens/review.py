@@ -1,0 +1,712 @@
+"""The review queue: one sample at a time, decided with one key, logged at once.
+
+The screen never holds the truth. It reads the records through an index
+(``pipeline.review_queue``) and writes each decision to the append-only log
+before it moves on, so a kill, a dropped SSH session or a crash loses at most
+the keystroke in flight; reopening lands on the first undecided sample.
+
+Slow work (indexing, search, a slot filter, bulk decisions, near-twins, a
+tokenizer) runs in thread workers; the screen stays responsive and says what
+is running in the status line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Static
+from textual.worker import get_current_worker
+
+from pipeline import paths
+from pipeline.errors import UserError
+from pipeline.records import RecordError, body_kind
+from pipeline.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens, editable_text
+from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog, TagSuggester
+from tui.widgets.review_footer import ReviewFooter
+from tui.widgets.review_panels import sample_text, side_text, status_text
+from tui.widgets.review_text import inert
+
+SAMPLE_LIMIT = 20_000  # characters drawn per field; the rest is counted, not drawn
+RATE_WINDOW_S = 300.0  # samples per minute over the last five minutes
+
+
+class ReviewCommands(Provider):
+    """Every review action in the command palette (ctrl+p), with its key."""
+
+    def _commands(self):
+        screen = self.screen
+        if not isinstance(screen, ReviewScreen):
+            return []
+        out = []
+        for binding in screen.BINDINGS:
+            if not isinstance(binding, Binding):
+                continue
+            title = binding.tooltip or binding.description
+            key = binding.key_display or binding.key.split(",")[0]
+            out.append((f"{title} ({key})", binding.action))
+        return out
+
+    async def discover(self) -> Hits:
+        for title, action in self._commands():
+            yield DiscoveryHit(title, self._runner(action), help="review")
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, action in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), self._runner(action), help="review")
+
+    def _runner(self, action: str):
+        screen = self.screen
+
+        async def run() -> None:
+            await screen.run_action(action)
+
+        return run
+
+
+class ReviewScreen(Screen):
+    """Review the samples of one records file, writing decisions to one log."""
+
+    CSS_PATH = str(Path(__file__).resolve().parent.parent / "review.tcss")
+    # the file also styles the dialogs this screen pushes (every selector is rv-/class-named)
+    SCOPED_CSS = False
+    COMMANDS = {ReviewCommands}
+    # Short descriptions: the footer is a 9-column grid of two rows, so every
+    # key fits at 80 columns; the help screen and palette use the tooltips.
+    BINDINGS = [
+        Binding("a", "accept", "Accept", tooltip="Accept the sample and go to the next"),
+        Binding("x", "reject", "Reject", tooltip="Reject the sample and go to the next"),
+        Binding("e", "edit", "Edit", tooltip="Edit the sample (ctrl+s saves, escape cancels)"),
+        Binding("t", "tag", "Tag", tooltip="Tag the sample (comma-separated; tab completes known tags)"),
+        Binding("u", "undo", "Undo", tooltip="Undo the latest decision (repeat for more)"),
+        Binding("space", "skip", "Skip", key_display="␣", tooltip="Skip to the next sample without deciding"),
+        Binding("j,down", "next", "Next", key_display="j", tooltip="Next sample (j or ↓)"),
+        Binding("k,up", "prev", "Prev", key_display="k", tooltip="Previous sample (k or ↑)"),
+        Binding("g", "goto", "Go to", tooltip="Go to a position in the queue"),
+        Binding("slash", "search", "Search", key_display="/", tooltip="Search: text (any case), or /regex/"),
+        Binding("n", "search_next", "Hit→", tooltip="Next search hit"),
+        Binding("N", "search_prev", "Hit←", key_display="N", tooltip="Previous search hit"),
+        Binding("f", "filter", "Filter", tooltip="Filter: pending, accepted, rejected, edited, tag:NAME, KEY=VALUE"),
+        Binding("A", "bulk('accept')", "All ✓", key_display="A",
+                tooltip="Accept every sample the filter shows (asks first)"),
+        Binding("X", "bulk('reject')", "All ✗", key_display="X",
+                tooltip="Reject every sample the filter shows (asks first)"),
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="All keys"),
+        Binding("q", "quit_review", "Quit", tooltip="Quit (every decision is already saved)"),
+        Binding("pagedown", "scroll_sample(1)", "Page↓", show=False, tooltip="Scroll a long sample down"),
+        Binding("pageup", "scroll_sample(-1)", "Page↑", show=False, tooltip="Scroll a long sample up"),
+    ]
+
+    def __init__(self, records: str | Path = paths.DEDUPED, decisions: str | Path = paths.DECISIONS, *,
+                 dropped: str | Path | None = None, base_dir: str | Path | None = None,
+                 by: str | None = None, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.records_path = Path(records)
+        self.decisions_path = Path(decisions)
+        self.dropped_path = Path(dropped) if dropped is not None else paths.DEDUPE_DROPPED
+        self.base_dir = Path(base_dir) if base_dir is not None else paths.BASE_DIR
+        self.by = by
+        self.queue: ReviewQueue | None = None
+        self.error: str | None = None  # a file the screen cannot open: nothing else works
+        self.pos: int | None = None
+        self.current: Sample | None = None
+        self.current_error: str | None = None
+        self.note = ""
+        self.busy = ""  # a running slow task, shown in the status line
+        self.search_query: str | None = None
+        self.dropped: DroppedIndex | None = None
+        self.tokenizer = None
+        self.rates: deque[float] = deque()
+        self.slot_hints: list[str] = []
+        self.ready = False  # the whole file is indexed
+        self.shown = 0  # screens drawn: tests and the benchmark wait on it
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="rv-title")
+        with Horizontal(id="rv-body"):
+            with VerticalScroll(id="rv-sample-scroll", can_focus=False):
+                yield Static(Text("opening…", style="dim"), id="rv-sample")
+            with VerticalScroll(id="rv-side-scroll", can_focus=False):
+                yield Static(id="rv-side")
+        yield Static(id="rv-status")
+        yield ReviewFooter(compact=True, show_command_palette=False, id="rv-footer")
+
+    def on_mount(self) -> None:
+        self._title()
+        self._open()
+        # another session on the same log: its decisions show up here within seconds
+        self.set_interval(2.0, self.sync_now)
+
+    def on_unmount(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+
+    # ------------------------------------------------------------ opening
+
+    @work(thread=True, exclusive=True, group="open")
+    def _open(self) -> None:
+        """Read the log, then index the records in batches; show the resume point as soon as it is indexed."""
+        worker = get_current_worker()
+        try:
+            queue = ReviewQueue(self.records_path, self.decisions_path, by=self.by)
+            queue.open_log()
+        except (UserError, OSError) as err:
+            self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
+            return
+        self.queue = queue
+        if queue.log.set_aside is not None:
+            self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
+        shown = False
+        last_report = 0.0
+        try:
+            for _start, stop in queue.index_batches():
+                if worker.is_cancelled:
+                    return
+                if not shown:
+                    first = queue.first_pending()
+                    if first is not None:
+                        shown = True
+                        self.app.call_from_thread(self._show, first)
+                now = time.monotonic()
+                if now - last_report > 0.2:
+                    last_report = now
+                    self.busy = f"indexing {100 * queue.index.scanned / max(1, queue.index.size):.0f}%"
+                    self.app.call_from_thread(self._status)
+        except (UserError, OSError) as err:
+            self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
+            return
+        self.app.call_from_thread(self._indexed, shown)
+
+    def _indexed(self, shown: bool) -> None:
+        assert self.queue is not None
+        self.queue.finish_index()
+        self.ready = True
+        self.busy = ""
+        if not len(self.queue):
+            self._fail(f"{self.records_path}: no samples in this file. Run `tenny synthesize` and `tenny dedupe`, "
+                       "or pass another RECORDS file.")
+            return
+        if not shown:
+            # every sample is decided: open on the last one, say so
+            self.note = self.note or "every sample has a decision; f filters, / searches"
+            self._show(len(self.queue) - 1)
+        else:
+            self._status()
+        self._slot_hints()
+        if self.dropped_path.exists():
+            self._load_dropped()
+        tok = self.base_dir / "tokenizer.json"
+        if tok.exists():
+            self._load_tokenizer(tok)
+
+    def _fail(self, message: str) -> None:
+        """A file that cannot be read: say which and what to do; only quit works."""
+        self.error = message
+        self.busy = ""
+        self.query_one("#rv-sample", Static).update(inert(message, limit=None, style="bold red"))
+        self.query_one("#rv-side", Static).update(Text("q quits", style="dim"))
+        self.query_one("#rv-status", Static).update(Text("cannot open the review", style="bold red"))
+        self.add_class("-failed")
+        self.refresh_bindings()
+
+    @work(thread=True, exclusive=True, group="dropped")
+    def _load_dropped(self) -> None:
+        index = DroppedIndex(self.dropped_path)
+        worker = get_current_worker()
+        index.scan(cancelled=lambda: worker.is_cancelled)
+        self.dropped = index
+        self.app.call_from_thread(self._side)
+
+    @work(thread=True, exclusive=True, group="tokenizer")
+    def _load_tokenizer(self, path: Path) -> None:
+        try:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception:  # an unreadable tokenizer only costs the exact count
+            return
+        self.app.call_from_thread(self._side)
+
+    def _slot_hints(self) -> None:
+        """Filter suggestions: slot values seen in the first few hundred samples."""
+        assert self.queue is not None
+        seen: dict[str, None] = {}
+        for pos in range(min(300, len(self.queue))):
+            try:
+                meta = self.queue.sample(pos).record.get("meta")
+            except (UserError, ValueError):
+                continue
+            if not isinstance(meta, dict):
+                continue
+            for holder in [meta] + [v for k, v in meta.items() if k in ("slots", "slot_values", "vars", "variables")]:
+                if not isinstance(holder, dict):
+                    continue
+                for key, value in holder.items():
+                    if isinstance(value, str) and 0 < len(value) <= 40 and key not in ("id", "source", "created"):
+                        seen.setdefault(f"{key}={value}", None)
+            if len(seen) > 60:
+                break
+        self.slot_hints = list(seen)
+
+    # ------------------------------------------------------------ drawing
+
+    def _show(self, pos: int | None) -> None:
+        """Make ``pos`` the shown sample and redraw."""
+        if self.queue is None:
+            return
+        self.pos = pos
+        self.current = None
+        self.current_error = None
+        if pos is not None:
+            try:
+                self.current = self.queue.sample(pos)
+            except (RecordError, UserError) as err:
+                self.current_error = f"{err}\nFix or remove that line; j/k move on to other samples."
+        self._draw()
+
+    def _draw(self) -> None:
+        sample_view = self.query_one("#rv-sample", Static)
+        if self.current is not None:
+            state = self.queue.state(self.current.id) if self.queue else None
+            sample_view.update(sample_text(self.current.record, state, SAMPLE_LIMIT))
+        elif self.current_error is not None:
+            sample_view.update(inert(self.current_error, limit=None, style="bold red"))
+        else:
+            sample_view.update(Text("nothing to show with this filter — f changes it", style="dim"))
+        self.query_one("#rv-sample-scroll", VerticalScroll).scroll_home(animate=False)
+        self._side()
+        self._status()
+        self._title()
+        self.shown += 1
+
+    def _side(self) -> None:
+        side = self.query_one("#rv-side", Static)
+        if self.current is None or self.queue is None:
+            side.update(Text(""))
+            return
+        record = self.current.record
+        state = self.queue.state(self.current.id)
+        text = state.text if state is not None and state.text is not None else editable_text(record)
+        whole = text if body_kind(record) == "text" else "\n".join(_strings(record, state))
+        tokens, exact = None, False
+        if self.tokenizer is not None and len(whole) < 200_000:
+            try:
+                tokens, exact = len(self.tokenizer.encode(whole).ids), True
+            except Exception:
+                tokens = None
+        if tokens is None:
+            tokens = approx_tokens(whole)
+        twins, count, note = None, 0, ""
+        if self.dropped is None:
+            note = "indexing…" if self.dropped_path.exists() else f"none ({self.dropped_path} not found)"
+        elif self.dropped.error:
+            note = self.dropped.error
+        else:
+            twins, count = self.dropped.twins(self.current.id, limit=8)
+        side.update(side_text(record=record, line=self.current.line, state=state, chars=len(whole),
+                              tokens=tokens, tokens_exact=exact, twins=twins, twin_count=count, twins_note=note))
+
+    def _status(self) -> None:
+        if self.error is not None or self.queue is None:
+            return
+        q = self.queue
+        now = time.monotonic()
+        while self.rates and now - self.rates[0] > RATE_WINDOW_S:
+            self.rates.popleft()
+        rate = None
+        if len(self.rates) >= 2:
+            span = max(now - self.rates[0], 1.0)
+            rate = 60.0 * len(self.rates) / span
+        shown = q.visible_count() if self.ready or q.mask is None else 0
+        rank = q.visible_rank(self.pos) if self.pos is not None and q.visible(self.pos) else None
+        note = " · ".join(x for x in (self.busy, self.note) if x)
+        self.query_one("#rv-status", Static).update(
+            status_text(counts=q.counts(), rate=rate, rank=rank, shown=shown, filter_label=q.filter.label, note=note))
+
+    def _title(self) -> None:
+        title = Text()
+        title.append(" tenny review ", style="bold reverse")
+        title.append(" ")
+        title.append_text(inert(str(self.records_path), limit=200))
+        title.append(" → ", style="dim")
+        title.append_text(inert(str(self.decisions_path), limit=200))
+        if self.pos is not None and self.queue is not None:
+            title.append(f"   #{self.pos + 1:,} of {len(self.queue):,}", style="bold")
+        self.query_one("#rv-title", Static).update(title)
+
+    def say(self, message: str) -> None:
+        self.note = message
+        self._status()
+
+    # ------------------------------------------------------------ bindings
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if self.error is not None:
+            return action in ("quit_review", "help")
+        return True
+
+    def _can_decide(self) -> bool:
+        if self.current is None or self.queue is None:
+            self.say("no sample to decide on here")
+            return False
+        if self.busy.startswith("bulk"):
+            self.say("a bulk decision is being written; wait a moment")
+            return False
+        return True
+
+    def _decide(self, action: str, **kw) -> None:
+        assert self.queue is not None and self.current is not None
+        try:
+            self.queue.decide(self.current, action, **kw)
+        except (UserError, OSError) as err:
+            # the decision is not saved; do not move, say why
+            self.say(f"NOT SAVED: {err}")
+            return
+        self.rates.append(time.monotonic())
+        self.note = ""
+
+    def _advance(self) -> None:
+        """After a decision: the next sample the filter shows, else stay (and say so)."""
+        assert self.queue is not None and self.pos is not None
+        nxt = self.queue.next_visible(self.pos)
+        if nxt is None and not self.queue.visible(self.pos):
+            nxt = self.queue.next_visible(self.pos, -1)
+            self.note = "end of the queue"
+        elif nxt is None:
+            self.note = "end of the queue"
+            nxt = self.pos
+        self._show(nxt)
+
+    def action_accept(self) -> None:
+        if self._can_decide():
+            self._decide("accept")
+            self._advance()
+
+    def action_reject(self) -> None:
+        if self._can_decide():
+            self._decide("reject")
+            self._advance()
+
+    def action_skip(self) -> None:
+        self.action_next()
+
+    def action_next(self) -> None:
+        self._move(1)
+
+    def action_prev(self) -> None:
+        self._move(-1)
+
+    def _move(self, step: int) -> None:
+        if self.queue is None or self.pos is None:
+            return
+        nxt = self.queue.next_visible(self.pos, step)
+        if nxt is None:
+            self.say("end of the queue" if step > 0 else "start of the queue")
+            if not self.ready and step > 0:
+                self.say("still indexing; more samples in a moment")
+            return
+        self.note = ""
+        self._show(nxt)
+
+    def action_scroll_sample(self, direction: int) -> None:
+        scroll = self.query_one("#rv-sample-scroll", VerticalScroll)
+        if direction > 0:
+            scroll.scroll_page_down(animate=False)
+        else:
+            scroll.scroll_page_up(animate=False)
+
+    def action_edit(self) -> None:
+        if not self._can_decide():
+            return
+        assert self.queue is not None and self.current is not None
+        record = self.current.record
+        state = self.queue.state(self.current.id)
+        original = editable_text(record)
+        text = state.text if state is not None and state.text is not None else original
+        what = {"text": "text", "pair": "completion", "chat": "last assistant turn"}[body_kind(record)]
+        sample = self.current
+
+        def saved(new: str | None) -> None:
+            if new is None:
+                self.say("edit cancelled")
+                return
+            if new == text:
+                self.say("no change; nothing saved")
+                return
+            if self.current is not sample:
+                self._show(sample.pos)
+            self._decide("edit", text=new)
+            self._advance()
+
+        self.app.push_screen(EditDialog(text, what), saved)
+
+    def action_tag(self) -> None:
+        if not self._can_decide():
+            return
+        assert self.queue is not None and self.current is not None
+        state = self.queue.state(self.current.id)
+        current = ", ".join(state.tags) if state is not None else ""
+        sample = self.current
+
+        def saved(value: str | None) -> None:
+            if value is None:
+                return
+            tags = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+            if self.current is not sample:
+                self._show(sample.pos)
+            self._decide("tag", tags=tags)
+            self.say(f"tagged: {', '.join(tags)}" if tags else "tags cleared")
+            self._draw()  # a tag does not advance: tagging is often followed by a decision
+
+        self.app.push_screen(PromptDialog("Tags (comma-separated; tab or → completes a known tag)", current,
+                                          "funny, off-persona", suggester=TagSuggester(self.queue.log.known_tags())),
+                             saved)
+
+    def action_undo(self) -> None:
+        if self.queue is None or self.error is not None:
+            return
+        try:
+            rid = self.queue.undo_last()
+        except (UserError, OSError) as err:
+            self.say(f"NOT SAVED: {err}")
+            return
+        if rid is None:
+            self.say("nothing to undo")
+            return
+        pos = self.queue.position_of(rid)
+        state = self.queue.state(rid)
+        self.note = f"undone; now {state.status if state else 'pending'}"
+        if pos is None:
+            self.say(f"undone a decision on {rid}, which is not in this file")
+            return
+        if not self.queue.visible(pos):
+            self.queue.set_filter(Filter())
+            self.note += " (filter cleared to show it)"
+        self._show(pos)
+
+    def action_goto(self) -> None:
+        if self.queue is None:
+            return
+
+        def go(value: str | None) -> None:
+            if not value:
+                return
+            try:
+                n = int(value.replace(",", "").replace("_", ""))
+            except ValueError:
+                self.say(f"not a position: {value!r}")
+                return
+            if not 1 <= n <= len(self.queue):
+                self.say(f"no sample #{n:,}; positions go from 1 to {len(self.queue):,}")
+                return
+            if not self.queue.visible(n - 1):
+                self.queue.set_filter(Filter())
+                self.note = "filter cleared to show it"
+            self._show(n - 1)
+
+        self.app.push_screen(PromptDialog(f"Go to position (1–{len(self.queue):,})", "", "e.g. 1200",
+                                          input_type="integer"), go)
+
+    def action_search(self) -> None:
+        if self.queue is None:
+            return
+
+        def go(value: str | None) -> None:
+            if not value:
+                return
+            self.search_query = value
+            self._search(value, 1)
+
+        self.app.push_screen(PromptDialog("Search (text, any case; /regex/ for a regular expression)",
+                                          self.search_query or "", "airport   or   /\\bgym\\b/"), go)
+
+    def action_search_next(self) -> None:
+        if self.search_query:
+            self._search(self.search_query, 1)
+        else:
+            self.say("no search yet: / searches")
+
+    def action_search_prev(self) -> None:
+        if self.search_query:
+            self._search(self.search_query, -1)
+        else:
+            self.say("no search yet: / searches")
+
+    @work(thread=True, exclusive=True, group="search")
+    def _search(self, query: str, step: int) -> None:
+        worker = get_current_worker()
+        queue = self.queue
+        if queue is None or not self._wait_ready(worker):
+            return
+        start = self.pos if self.pos is not None else -1
+        self.busy = "searching…"
+        self.app.call_from_thread(self._status)
+
+        def progress(done: int, total: int) -> None:
+            self.busy = f"searching {100 * done / max(1, total):.0f}%"
+            self.app.call_from_thread(self._status)
+
+        try:
+            hit = queue.search(query, start, step, cancelled=lambda: worker.is_cancelled, progress=progress)
+        except Exception as err:  # a bad regex: say so
+            self.busy = ""
+            self.app.call_from_thread(self.say, f"bad search: {err}")
+            return
+        if worker.is_cancelled:
+            return
+        self.busy = ""
+        if hit is None:
+            self.app.call_from_thread(self.say, f"no match for {query!r} in {queue.filter.label}")
+        elif hit == self.pos:
+            self.app.call_from_thread(self.say, f"only this sample matches {query!r}")
+        else:
+            self.note = f"match for {query!r}"
+            self.app.call_from_thread(self._show, hit)
+
+    def _wait_ready(self, worker) -> bool:
+        """Block a worker until the index is complete (it takes about a second per million)."""
+        while not self.ready:
+            if worker.is_cancelled or self.error is not None:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def action_filter(self) -> None:
+        if self.queue is None:
+            return
+
+        def chosen(spec: str | None) -> None:
+            if spec is None:
+                return
+            try:
+                flt = Filter.parse(spec)
+            except ValueError as err:
+                self.say(str(err))
+                return
+            self._apply_filter(flt)
+
+        self.app.push_screen(FilterDialog(self.queue.filter.label, self.queue.log.known_tags(), self.slot_hints), chosen)
+
+    @work(thread=True, exclusive=True, group="filter")
+    def _apply_filter(self, flt: Filter) -> None:
+        worker = get_current_worker()
+        queue = self.queue
+        if queue is None or not self._wait_ready(worker):
+            return
+        mask = None
+        if flt.kind == "slot":
+            self.busy = f"filtering {flt.label}…"
+            self.app.call_from_thread(self._status)
+            mask = queue.slot_mask(flt.name, flt.value, cancelled=lambda: worker.is_cancelled)
+            if mask is None:
+                return
+        self.app.call_from_thread(self._set_filter, flt, mask)
+
+    def _set_filter(self, flt: Filter, mask) -> None:
+        assert self.queue is not None
+        self.busy = ""
+        self.queue.set_filter(flt, mask)
+        count = self.queue.visible_count()
+        self.note = f"filter {flt.label}: {count:,} samples"
+        self._show(self.queue.first_visible(self.pos or 0))
+
+    def action_bulk(self, action: str) -> None:
+        if self.queue is None or not self.ready:
+            self.say("still indexing; bulk decisions wait for the whole file")
+            return
+        count = self.queue.visible_count()
+        if not count:
+            self.say("nothing shown to decide on")
+            return
+        verb = "Accept" if action == "accept" else "Reject"
+        question = (f"{verb} all {count:,} samples shown by the filter '{self.queue.filter.label}'? "
+                    f"Each gets its own line in the log; u undoes them one at a time.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._bulk(action, count)
+            else:
+                self.say("bulk decision cancelled")
+
+        self.app.push_screen(ConfirmDialog(question), answered)
+
+    @work(thread=True, exclusive=True, group="bulk")
+    def _bulk(self, action: str, count: int) -> None:
+        queue = self.queue
+        assert queue is not None
+        self.busy = f"bulk {action}: writing {count:,} decisions…"
+        self.app.call_from_thread(self._status)
+        try:
+            positions = queue.visible_positions()
+            n = queue.bulk(action, positions)
+        except (UserError, OSError) as err:
+            self.busy = ""
+            self.app.call_from_thread(self.say, f"bulk {action} stopped: {err}")
+            return
+        self.busy = ""
+        self.note = f"{action}ed {n:,} samples"
+        self.app.call_from_thread(self._show, queue.first_visible(self.pos or 0))
+
+    def action_help(self) -> None:
+        from tui.screens.review_help import ReviewHelp
+
+        self.app.push_screen(ReviewHelp(self.BINDINGS))
+
+    def action_quit_review(self) -> None:
+        # Decisions are on disk already; leaving needs no save.
+        stack = self.app.screen_stack
+        if len(stack) > 1 and stack[-1] is self:
+            self.app.pop_screen()
+        else:
+            self.app.exit()
+
+    def sync_now(self) -> None:
+        """Fold in decisions another session appended (called on a timer)."""
+        if self.queue is None or not self.ready or self.error is not None:
+            return
+        try:
+            changed = self.queue.sync()
+        except (UserError, OSError) as err:
+            self.say(str(err))
+            return
+        if changed and self.current is not None and self.current.id in changed:
+            self._draw()
+        elif changed:
+            self._status()
+
+
+def _strings(record: dict, state) -> list[str]:
+    kind = body_kind(record)
+    edited = state.text if state is not None else None
+    if kind == "pair":
+        return [record["prompt"], edited if edited is not None else record["completion"]]
+    if kind == "chat":
+        return [m["content"] for m in record["messages"]]
+    return [edited if edited is not None else record["text"]]
+
+
+def _error_text(err: Exception, records: Path, decisions: Path) -> str:
+    """The one-screen explanation for a file that cannot be opened."""
+    text = str(err)
+    if isinstance(err, RecordError) and Path(err.path) == decisions:
+        return (f"{text}\n\nThe review log is hand-fixable: open it in an editor, fix or delete that line "
+                f"(every other line is one decision), then run `tenny review` again.")
+    if isinstance(err, RecordError):
+        return (f"{text}\n\nFix that line of the records file (or re-run `tenny dedupe` to rewrite it), "
+                f"then run `tenny review` again.")
+    if isinstance(err, OSError):
+        return f"{getattr(err, 'filename', '') or records}: {err.strerror or err}\n\nCheck the path and permissions."
+    return text

@@ -1,0 +1,33 @@
+"""A footer that wraps onto as many rows as it needs, so every review key shows at 80 columns."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.app import ComposeResult
+from textual.widgets import Footer
+
+
+class ReviewFooter(Footer):
+    """Textual's Footer laid out as a grid of fixed-width cells (it sets one column per key itself)."""
+
+    CELL = 10  # "a Accept" plus a gap
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._items = 0
+
+    def compose(self) -> ComposeResult:
+        widgets = list(super().compose())
+        self._items = len(widgets)
+        self._fit(self.size.width or 80)
+        yield from widgets
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        if not self._items:
+            return
+        columns = max(1, min(self._items, width // self.CELL))
+        self.styles.grid_size_columns = columns
+        self.styles.height = -(-self._items // columns)
