@@ -98,6 +98,7 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -124,7 +124,10 @@ def run(params: Params, args: Any = None) -> int:
     model = load_base_model(paths.BASE_DIR, tp.quantization, device)
     if tp.quantization != "none":
         # QLoRA: frozen k-bit base, norms in float32, inputs that need grads.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tp.gradient_checkpointing)
+    elif tp.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # the frozen embeddings must pass grads to checkpointed blocks
     check_target_modules(model, tp.lora.target_modules)
     lora = LoraConfig(r=tp.lora.r, lora_alpha=tp.lora.alpha, lora_dropout=tp.lora.dropout,
                       target_modules=tp.lora.target_modules or None, task_type="CAUSAL_LM")
