@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import statistics
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import yaml
@@ -106,7 +107,8 @@ def tenny_run(url: str, n: int, concurrency: int, **synth) -> tuple[float, dict]
                 "max_tokens": 256, "filters": {"min_chars": 1}, **synth,
             }})
             start = time.perf_counter()
-            synthesize.run(params)
+            with redirect_stdout(io.StringIO()):  # the stage's one-line summary would break the table
+                synthesize.run(params)
             wall = time.perf_counter() - start
             return wall, json.loads(Path("reports/synthesize.json").read_text())
         finally:

@@ -31,10 +31,10 @@ def _fillers(rng: random.Random, n: int, lo: int, hi: int) -> list[str]:
     return sorted(out)
 
 
-def _pattern(rng: random.Random, vocab: list[str], slots: int, target: int) -> list[str | int]:
+def _pattern(rng: random.Random, vocab: list[str], slots: int, target: int, filler_len: int) -> list[str | int]:
     """Fixed text pieces and slot numbers, about ``target`` characters with fillers."""
     pieces: list[str | int] = []
-    fixed_len = max(20, target - slots * 12)
+    fixed_len = max(20, target - slots * filler_len)
     words: list[str] = []
     while sum(len(w) + 1 for w in words) < fixed_len:
         words.append(rng.choice(vocab))
@@ -76,14 +76,14 @@ def make_corpus(n: int, kind: str = "realistic", seed: int = 0, twins: float = 0
     """``n`` texts of about 100 characters, deterministic for a seed."""
     rng = random.Random(f"{kind}:{seed}")
     if kind == "realistic":
-        n_patterns, slots, filler_words, n_fillers = 300, 3, (2, 3), 80
+        n_patterns, slots, filler_words, n_fillers, filler_len = 300, 3, (2, 4), 150, 17
     elif kind == "hostile":
-        n_patterns, slots, filler_words, n_fillers = 12, 3, (1, 1), 25
+        n_patterns, slots, filler_words, n_fillers, filler_len = 12, 3, (1, 1), 25, 6
     else:
         raise ValueError(f"unknown corpus kind {kind!r}: realistic or hostile")
     vocab = _fillers(rng, 2000, 1, 1)
     filler_lists = [_fillers(rng, n_fillers, *filler_words) for _ in range(slots)]
-    patterns = [_pattern(rng, vocab, slots, rng.randint(80, 120)) for _ in range(n_patterns)]
+    patterns = [_pattern(rng, vocab, slots, rng.randint(80, 120), filler_len) for _ in range(n_patterns)]
     out: list[str] = []
     for _ in range(n):
         if out and rng.random() < twins:

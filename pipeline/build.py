@@ -150,15 +150,16 @@ class Checks:
 
 
 def histogram(lengths: list[int], bins: int) -> list[dict]:
+    """Equal-width bins over [shortest, longest]; labels zero-padded so they sort as numbers."""
     if not lengths:
         return []
-    top = max(lengths)
-    width = max(1, -(-(top + 1) // bins))
-    counts = Counter(n // width for n in lengths)
+    low, top = min(lengths), max(lengths)
+    width = max(1, -(-(top - low + 1) // bins))
+    counts = Counter((n - low) // width for n in lengths)
     digits = len(str(top + width))
     return [
-        {"tokens": f"{b * width:0{digits}d}-{(b + 1) * width - 1:0{digits}d}", "samples": counts.get(b, 0)}
-        for b in range(top // width + 1)
+        {"tokens": f"{low + b * width:0{digits}d}-{low + (b + 1) * width - 1:0{digits}d}", "samples": counts.get(b, 0)}
+        for b in range((top - low) // width + 1)
     ]
 
 

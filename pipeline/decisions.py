@@ -19,8 +19,9 @@ import getpass
 import io
 import json
 import os
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,25 +149,42 @@ def repair(path: str | os.PathLike) -> Path | None:
     return aside
 
 
+# A line exactly as append_decision/append_decisions write an accept, reject or
+# undo: folded without json.loads, which is most of the cost of opening a long log.
+_PLAIN = re.compile(rb'\{"id":"([^"\\\n]+)","action":"(accept|reject|undo)","at":"[^"\\\n]*","by":"[^"\\\n]*"\}\r?')
+_PLAIN_LINES = re.compile(rb"^" + _PLAIN.pattern + rb"\n", re.MULTILINE)
+_CODE = {"accept": "a", "reject": "r"}
+_READ_BLOCK = 8 << 20
+
+
 class DecisionLog:
-    """The log as one reviewer's session sees it: folded states, followed as it grows.
+    """The log as one reviewer's session sees it: folded, and followed as it grows.
 
     Other processes may append to the same file; ``poll`` folds in whatever
     whole lines appeared since the last look, so the latest decision for an id
     wins in every open session. ``stack`` holds ids in the order of the
     decisions in force, for undo across restarts.
+
+    Memory is the point of the representation: a log of a million decisions
+    must fit beside a million-sample index. Each id keeps the decisions in
+    force as ``"a"``/``"r"`` (one plain accept/reject, a shared string) or a
+    tuple of ``"a"``, ``"r"``, ``("e", text)``, ``("t", tags)``; the current
+    edited text and tags are kept aside for the few ids that have them.
     """
 
     def __init__(self, path: str | os.PathLike, by: str | None = None):
         self.path = Path(path)
         self.by = by
-        self.states: dict[str, ReviewState] = {}
-        self.histories: dict[str, list[dict]] = {}
+        self.hist: dict[str, str | tuple] = {}
+        self.texts: dict[str, str] = {}  # id → edited text in force
+        self.tags: dict[str, tuple[str, ...]] = {}  # id → tags in force
         self.stack: list[str] = []
         self.offset = 0  # bytes of the log folded so far
         self.lines = 0
         self.set_aside: Path | None = None
         self.last_touched: list[str] = []  # ids the latest poll folded in
+
+    # -- reading
 
     def open(self) -> None:
         """Repair a cut last line, then fold the whole log (RecordError names a bad line)."""
@@ -177,46 +195,140 @@ class DecisionLog:
 
     def poll(self) -> list[str]:
         """Fold whole lines appended since the last call; return the ids they touched."""
-        self.last_touched = []
+        self.last_touched = touched = []
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return []
+            return touched
         if size < self.offset:
             raise UserError(f"{self.path}: the review log shrank while open (was it replaced?); reopen the review")
-        if size == self.offset:
-            return []
         with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read(size - self.offset)
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
-        if end == 0:
-            return []
-        touched = []
-        for lineno, obj in iter_jsonl(self.path, start_line=self.lines + 1, fh=io.BytesIO(data[:end])):
-            d = check_decision(obj, self.path, lineno)
-            self._apply(d)
-            touched.append(d["id"])
-        self.lines += data[:end].count(b"\n")
-        self.offset += end
-        self.last_touched = touched
+            while self.offset < size:
+                fh.seek(self.offset)
+                data = fh.read(min(_READ_BLOCK, size - self.offset))
+                end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+                if end == 0:
+                    if len(data) < size - self.offset:  # one line longer than a block
+                        data = fh.read(size - self.offset - len(data))
+                        continue
+                    break
+                self._fold_block(data, end, touched)
+                self.offset += end
         return touched
 
-    def _apply(self, d: dict) -> None:
-        rid = d["id"]
-        h = self.histories.setdefault(rid, [])
-        if d["action"] == "undo":
-            if not h:
+    def _fold_block(self, data: bytes, end: int, touched: list[str]) -> None:
+        n_lines = data.count(b"\n", 0, end)
+        plain = _PLAIN_LINES.findall(data, 0, end)
+        if len(plain) == n_lines and (data.isascii() or _utf8(data[:end])):
+            self._fold_plain(plain, touched)
+            self.lines += n_lines
+            return
+        at, lineno = 0, self.lines
+        if self.offset == 0 and data.startswith(b"\xef\xbb\xbf"):
+            raise RecordError(self.path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+        while at < end:
+            nl = data.index(b"\n", at)
+            lineno += 1
+            m = _PLAIN.fullmatch(data, at, nl)
+            rid = None
+            if m is not None and data[at:nl].isascii():  # else the JSON path checks the UTF-8
+                rid = m.group(1).decode("ascii")
+            if rid is not None:
+                self._apply(rid, m.group(2).decode("ascii"), None)
+                touched.append(rid)
+            elif data[at:nl].strip():
+                [(_, obj)] = iter_jsonl(self.path, start_line=lineno, fh=io.BytesIO(data[at:nl + 1]))
+                d = check_decision(obj, self.path, lineno)
+                self._apply(d["id"], d["action"], d)
+                touched.append(d["id"])
+            at = nl + 1
+        self.lines = lineno
+
+    def _fold_plain(self, plain: list[tuple[bytes, bytes]], touched: list[str]) -> None:
+        """A block of only plain accept/reject/undo lines: the common case, kept tight."""
+        hist, stack = self.hist, self.stack
+        code = {b"accept": "a", b"reject": "r"}
+        for raw, action in plain:
+            rid = raw.decode("utf-8")
+            touched.append(rid)
+            c = code.get(action)
+            if c is None:
+                self._apply(rid, "undo", None)
+                continue
+            old = hist.get(rid)
+            # an accept/reject changes neither the edited text nor the tags in force
+            hist[rid] = c if old is None or old == () else ((old, c) if isinstance(old, str) else old + (c,))
+            stack.append(rid)
+
+    def _apply(self, rid: str, action: str, d: dict | None) -> None:
+        old = self.hist.get(rid, ())
+        entries = (old,) if isinstance(old, str) else old
+        if action == "undo":
+            if not entries:
                 return
-            h.pop()
+            entries = entries[:-1]
             for i in range(len(self.stack) - 1, -1, -1):
                 if self.stack[i] == rid:
                     del self.stack[i]
                     break
         else:
-            h.append(d)
+            if action in _CODE:
+                entry = _CODE[action]
+            elif action == "edit":
+                entry = ("e", d["text"])
+            else:
+                entry = ("t", tuple(dict.fromkeys(d["tags"])))
+            entries = entries + (entry,)
             self.stack.append(rid)
-        self.states[rid] = _replay(list(h))
+        self.hist[rid] = entries[0] if len(entries) == 1 and isinstance(entries[0], str) else entries
+        status, text, tags = _replay_compact(entries)
+        if text is None:
+            self.texts.pop(rid, None)
+        else:
+            self.texts[rid] = text
+        if tags:
+            self.tags[rid] = tags
+        else:
+            self.tags.pop(rid, None)
+
+    # -- the state of ids
+
+    def status_of(self, rid: str) -> str:
+        value = self.hist.get(rid)
+        if value is None:
+            return "pending"
+        if isinstance(value, str):
+            return "accepted" if value == "a" else "rejected"
+        return _replay_compact(value)[0]
+
+    def summaries(self) -> Iterator[tuple[str, str, bool, bool]]:
+        """(id, status, edited, tagged) for every id the log mentions, cheaply."""
+        texts, tags = self.texts, self.tags
+        for rid, value in self.hist.items():
+            if value == "a":
+                yield rid, "accepted", False, False
+            elif value == "r":
+                yield rid, "rejected", False, False
+            else:
+                yield rid, _replay_compact(value)[0], rid in texts, rid in tags
+
+    def state(self, rid: str) -> ReviewState | None:
+        value = self.hist.get(rid)
+        if value is None:
+            return None
+        entries = (value,) if isinstance(value, str) else value
+        status, text, tags = _replay_compact(entries)
+        history = [{"id": rid, "action": {"a": "accept", "r": "reject"}[e]} if isinstance(e, str) else
+                   ({"id": rid, "action": "edit", "text": e[1]} if e[0] == "e" else
+                    {"id": rid, "action": "tag", "tags": list(e[1])}) for e in entries]
+        return ReviewState(status=status, text=text, tags=list(tags), history=history)
+
+    @property
+    def states(self) -> "_StatesView":
+        """Every id's ReviewState, built on access (a mapping, like ``fold``'s result)."""
+        return _StatesView(self)
+
+    # -- writing
 
     def append(self, rid: str, action: str, *, text: str | None = None, tags: list[str] | None = None) -> dict:
         """Append one decision (fsynced), then fold it and anything others wrote before it."""
@@ -235,10 +347,50 @@ class DecisionLog:
 
     def known_tags(self) -> list[str]:
         seen: dict[str, None] = {}
-        for st in self.states.values():
-            for t in st.tags:
+        for tags in self.tags.values():
+            for t in tags:
                 seen.setdefault(t, None)
         return sorted(seen)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+class _StatesView(Mapping):
+    def __init__(self, log: DecisionLog):
+        self._log = log
+
+    def __getitem__(self, rid: str) -> ReviewState:
+        state = self._log.state(rid)
+        if state is None:
+            raise KeyError(rid)
+        return state
+
+    def __iter__(self):
+        return iter(self._log.hist)
+
+    def __len__(self) -> int:
+        return len(self._log.hist)
+
+
+def _replay_compact(entries: tuple) -> tuple[str, str | None, tuple[str, ...]]:
+    """(status, edited text, tags) of compact entries; the same rules as ``_replay``."""
+    status, text, tags = "pending", None, ()
+    for e in entries:
+        if e == "a":
+            status = "accepted"
+        elif e == "r":
+            status = "rejected"
+        elif e[0] == "e":
+            text, status = e[1], "accepted"
+        else:
+            tags = e[1]
+    return status, text, tags
 
 
 def load_states(path: str | os.PathLike) -> dict[str, ReviewState]:

@@ -2,92 +2,153 @@
 
 Score = ``fuzz.ratio(default_process(a), default_process(b))``. Walking the
 input in order, a sample is dropped iff its score against some earlier *kept*
-sample is >= threshold. Records whose body is not ``text`` are compared on
-``records.render_text`` (prompt, newline, completion; or ``role: content``
-lines).
+sample is >= threshold; it is reported against the best such sample (highest
+score, the earliest on a tie). Records whose body is not ``text`` are compared
+on ``records.render_text`` (prompt, newline, completion; or ``role: content``
+lines). ``dedupe.against`` files go first and are never dropped.
+
+The engine (pipeline/dedupe_index.py) gives the brute-force result without
+comparing every pair; docs/dedupe.md explains how and what it costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from rapidfuzz import fuzz, process
 from rapidfuzz.utils import default_process
 
 from pipeline import paths
+from pipeline.dedupe_index import Verdicts, dedupe_processed
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.records import read_records, render_text, write_json, write_jsonl, write_records
+from pipeline.records import dumps, read_records, render_text, write_json, write_jsonl, write_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", help=f"records file (default: {paths.RAW})")
     parser.add_argument("-o", "--output", help=f"kept records (default: {paths.DEDUPED})")
     parser.add_argument("--threshold", type=float, help="override dedupe.threshold (0-100)")
-    parser.add_argument("--report", help=f"metrics JSON (default: {paths.DEDUPE_REPORT})")
+    parser.add_argument("--report", help=f"metrics JSON (default: {paths.DEDUPE_REPORT}); the dropped "
+                                         "samples go beside it as <name>_dropped.jsonl")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def dedupe_texts(texts: list[str], threshold: float, n_fixed: int = 0) -> list[tuple[int, int, float] | None]:
+def check_threshold(threshold: float) -> float:
+    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or not 0 <= threshold <= 100:
+        raise UserError(f"threshold {threshold}: must be a fuzz.ratio score between 0 and 100 "
+                        "(e.g. --threshold 90 or dedupe.threshold: 90 in params.yaml)")
+    return float(threshold)
+
+
+def dedupe_texts(texts: list[str], threshold: float, n_fixed: int = 0, **engine: Any) -> list[tuple[int, float] | None]:
     """For each text: None if kept, else (index of the kept text it matched, score).
 
     The first ``n_fixed`` texts are always kept (``dedupe.against``).
     """
-    processed = [default_process(t) for t in texts]
-    kept_idx: list[int] = []
-    kept_proc: list[str] = []
-    out: list[Any] = []
-    for i, p in enumerate(processed):
-        if i >= n_fixed and kept_proc:
-            hit = process.extractOne(p, kept_proc, scorer=fuzz.ratio, processor=None, score_cutoff=threshold)
-            if hit is not None:
-                out.append((kept_idx[hit[2]], hit[1]))
-                continue
-        kept_idx.append(i)
-        kept_proc.append(p)
-        out.append(None)
-    return out
+    verdicts = dedupe_processed([default_process(t) for t in texts], check_threshold(threshold), n_fixed, **engine)
+    return [None if j < 0 else (int(j), float(s)) for j, s in zip(verdicts.matched, verdicts.score)]
+
+
+class _Progress:
+    """samples processed and candidate pairs verified, on stderr (tqdm)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="sample", desc="dedupe", file=sys.stderr, mininterval=0.5,
+                            dynamic_ncols=True)
+
+    def __call__(self, done: int, pairs: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{pairs:,} pairs verified", refresh=False)
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _engine(params: Params):
+    """(run_jobs, close) for dedupe.engine; None means the local thread pool."""
+    if params.dedupe.engine == "dask":
+        from pipeline.dedupe_dask import dask_runner  # imported here: the CLI must start without dask
+
+        return dask_runner(params.dedupe.scheduler, params.dedupe.workers)
+    return None, (lambda: None)
 
 
 def run(params: Params, args: Any = None) -> int:
     threshold = getattr(args, "threshold", None)
-    threshold = params.dedupe.threshold if threshold is None else threshold
-    if not 0 <= threshold <= 100:
-        raise UserError(f"--threshold {threshold}: must be between 0 and 100")
+    threshold = check_threshold(params.dedupe.threshold if threshold is None else threshold)
     src = Path(getattr(args, "input", None) or paths.RAW)
     dst = Path(getattr(args, "output", None) or paths.DEDUPED)
     report_path = Path(getattr(args, "report", None) or paths.DEDUPE_REPORT)
     dropped_path = report_path.with_name(report_path.stem + "_dropped.jsonl")
-    if not src.exists():
-        raise UserError(f"{src}: no such records file (run `tenny synthesize` first, or pass INPUT)")
+    for other in [*params.dedupe.against, src]:
+        if not Path(other).exists():
+            hint = "run `tenny synthesize` first, or pass INPUT" if Path(other) == src else "fix dedupe.against in params.yaml"
+            raise UserError(f"{other}: no such records file ({hint})")
 
-    fixed: list[dict] = []
+    # One pass over the files: the engine needs every processed text; the
+    # records themselves wait as compact JSON lines (a fraction of the dicts'
+    # size) until the kept ones are written.
+    lines: list[str] = []
+    processed: list[str] = []
     for other in params.dedupe.against:
-        fixed.extend(read_records(other))
-    new = list(read_records(src))
-    records = fixed + new
-    verdicts = dedupe_texts([render_text(r) for r in records], threshold, n_fixed=len(fixed))
+        for rec in read_records(other):
+            lines.append(dumps(rec))
+            processed.append(default_process(render_text(rec)))
+    n_fixed = len(lines)
+    for rec in read_records(src):
+        lines.append(dumps(rec))
+        processed.append(default_process(render_text(rec)))
+    n_new = len(lines) - n_fixed
+    if n_new == 0:
+        print(f"dedupe: {src} holds no records; writing an empty {dst}", file=sys.stderr)
 
-    kept, dropped, exact = [], [], 0
-    for rec, verdict in zip(records[len(fixed):], verdicts[len(fixed):]):
-        if verdict is None:
-            kept.append(rec)
-            continue
-        j, score = verdict
-        exact += score >= 100
-        dropped.append({"id": rec["id"], "matched_id": records[j]["id"], "score": round(score, 2),
-                        "text": render_text(rec), "matched_text": render_text(records[j])})
-    write_records(dst, kept)
-    write_jsonl(dropped_path, dropped)
+    started = time.perf_counter()
+    progress = _Progress(n_new, enabled=not getattr(args, "no_progress", False))
+    run_jobs, close = _engine(params)
+    try:
+        verdicts: Verdicts = dedupe_processed(processed, threshold, n_fixed, run_jobs=run_jobs,
+                                              workers=params.dedupe.workers,
+                                              progress=lambda done, pairs: progress(max(0, done - n_fixed), pairs))
+    finally:
+        close()
+        progress.close()
+    del processed
+    seconds = time.perf_counter() - started
+
+    matched, score, exact = verdicts.matched, verdicts.score, verdicts.exact
+    dropped_idx = [i for i in range(n_fixed, len(lines)) if matched[i] >= 0]
+
+    def dropped_rows():
+        for i in dropped_idx:
+            rec, other = json.loads(lines[i]), json.loads(lines[matched[i]])
+            yield {"id": rec["id"], "matched_id": other["id"], "score": round(float(score[i]), 2),
+                   "exact": bool(exact[i]), "text": render_text(rec), "matched_text": render_text(other)}
+
+    n_exact = int(exact[n_fixed:].sum())
+    kept = write_records(dst, (json.loads(lines[i]) for i in range(n_fixed, len(lines)) if matched[i] < 0))
+    write_jsonl(dropped_path, dropped_rows())
     write_json(report_path, {
         "threshold": threshold,
-        "input": len(new),
-        "against": len(fixed),
-        "exact_duplicates": exact,
-        "near_duplicates": len(dropped) - exact,
-        "dropped": len(dropped),
-        "kept": len(kept),
+        "input": n_new,
+        "against": n_fixed,
+        "exact_duplicates": n_exact,
+        "near_duplicates": len(dropped_idx) - n_exact,
+        "dropped": len(dropped_idx),
+        "kept": kept,
+        "pairs_verified": verdicts.pairs_verified,
+        "engine": params.dedupe.engine,
     })
-    print(f"dedupe: {len(new)} in, {len(kept)} kept, {len(dropped)} dropped ({exact} exact) → {dst}")
+    print(f"dedupe: {n_new} in, {kept} kept, {len(dropped_idx)} dropped ({n_exact} exact) in {seconds:.1f}s → {dst}")
     return 0

@@ -90,6 +90,8 @@ async def test_pipeline_run_can_be_cancelled_and_ui_stays_live(tmp_path):
         await pilot.press("escape", "1")
         assert app.current_mode == "pipeline"
         await pilot.press("r")  # a second run is refused, not queued
+        await pilot.press("q")  # quitting during a run asks first
+        assert app.is_running
         await pilot.press("x")
         await wait_for(pilot, lambda: screen.current is None, what="cancel")
         assert "cancelled" in plain(screen.query_one("#run-status"))

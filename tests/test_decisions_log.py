@@ -159,3 +159,41 @@ def test_log_shrinking_under_a_session_is_an_error(tmp_path):
     os.truncate(log, 0)
     with pytest.raises(Exception, match="shrank"):
         d.poll()
+
+
+def test_fast_fold_matches_the_reference_fold(tmp_path):
+    """DecisionLog folds plain lines without json; the result must equal ``fold``'s."""
+    import random
+
+    rng = random.Random(3)
+    log = tmp_path / "decisions.jsonl"
+    ids = [f"{i:016x}" for i in range(40)] + ["custom id", "ünïcode"]
+    with open(log, "w", encoding="utf-8") as fh:
+        for _ in range(600):
+            rid = rng.choice(ids)
+            action = rng.choice(["accept", "reject", "undo", "edit", "tag", "accept"])
+            row = {"id": rid, "action": action}
+            if action == "edit":
+                row["text"] = f"text {rng.random()}"
+            if action == "tag":
+                row["tags"] = rng.sample(["a", "b", "c"], 2)
+            row |= {"at": "2026-01-01T00:00:00+0000", "by": rng.choice(["me", 'q"uote', "ü"])}
+            sep = rng.choice([(",", ":"), (", ", ": ")])
+            fh.write(json.dumps(row, ensure_ascii=False, separators=sep) + "\n")
+    reference = fold(read_decisions(log))
+    session = DecisionLog(log)
+    session.open()
+    assert set(session.states) == set(reference)
+    for rid, state in reference.items():
+        mine = session.states[rid]
+        assert (mine.status, mine.text, mine.tags) == (state.status, state.text, state.tags), rid
+
+
+def test_a_bad_line_among_plain_lines_is_named(tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    for i in range(5):
+        append_decision(log, f"{i:016x}", "accept")
+    with open(log, "ab") as fh:
+        fh.write(b'{"id":"x","action":"accept","at":"","by":"\xff"}\n')
+    with pytest.raises(RecordError, match=f"{log}:6"):
+        DecisionLog(log).open()

@@ -414,3 +414,67 @@ async def test_screen_pushed_from_another_app(files):
         await wait_for(pilot, lambda: not isinstance(app.screen, ReviewScreen))
         assert app.is_running
     assert load_states(log)[recs[0]["id"]].status == "accepted"
+
+
+def test_command_line_errors_before_the_screen_opens(tmp_path):
+    import argparse
+
+    from pipeline.errors import UserError
+    from tui import review_command
+
+    parser = argparse.ArgumentParser()
+    review_command.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "missing.jsonl"), "--decisions", str(tmp_path / "d.jsonl")])
+    with pytest.raises(UserError, match="no such records file"):
+        review_command.run(None, args)
+    args = parser.parse_args([str(tmp_path)])
+    with pytest.raises(UserError, match="is a folder"):
+        review_command.run(None, args)
+    records = tmp_path / "r.jsonl"
+    write_records(records, 2)
+    with pytest.raises(UserError, match="no such theme"):
+        ReviewApp(records, tmp_path / "d.jsonl", theme="no-such-theme")
+
+
+def test_the_review_command_module_does_not_import_textual():
+    import subprocess
+    import sys
+
+    code = "import sys, tui.review_command; print('textual' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def test_exact_tokens_when_the_base_model_has_a_tokenizer(files, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    base = tmp_path / "base"
+    base.mkdir()
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "Sample": 1, "a": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(base / "tokenizer.json"))
+    app = _app(files)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: app.review.tokenizer is not None)
+        await pilot.pause()
+        side = str(app.review.query_one("#rv-side").render())
+        assert " · 7 tokens" in side and "≈" not in side  # "Sample 0: a cynical take on airports."
+
+
+async def test_resizes_down_to_80x24_and_below(files):
+    app = _app(files)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await ready(pilot)
+        footer = app.review.query_one("#rv-footer")
+        assert footer.styles.height.value == 2
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert footer.styles.height.value == 3 and footer.region.bottom == 24
+        await pilot.resize_terminal(60, 16)
+        await pilot.pause()
+        await pilot.press("a")
+        assert app.review.pos == 1
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        assert "Sample 1:" in _shown_text(app.review)

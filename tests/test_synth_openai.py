@@ -8,11 +8,7 @@ landed in data/raw/samples.jsonl and reports/synthesize.json.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +19,6 @@ from openai_server import FakeOpenAI, Rule, request_key  # noqa: E402
 
 from pipeline import synthesize  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from pipeline.openai_synth.request_cache import RequestCache  # noqa: E402
 from pipeline.params import validate  # noqa: E402
 from pipeline.records import read_records  # noqa: E402
 
@@ -363,3 +358,24 @@ def test_cache_false_asks_again(project, server):
     run_stage(params_for(server, cache=False))
     run_stage(params_for(server, cache=False))
     assert server.stats.chat_requests == 8 and not Path(".tenny/synthesize-cache.sqlite").exists()
+
+
+def test_budget_stop_still_serves_answers_already_paid_for(project, server):
+    write_prompt(grid={"topic": ["c", "d"]})
+    run_stage(params_for(server))
+    write_prompt(grid={"topic": ["a", "b", "c", "d"]})
+    records, report = run_stage(params_for(server, max_requests=1))
+    assert [r["meta"]["topic"] for r in records[::5]] == ["a", "c", "d"]
+    assert report["requests"]["unsent"] == 1 and report["requests"]["cached"] == 2
+    assert server.stats.chat_requests == 3
+
+
+def test_cli_startup_does_not_import_the_openai_client():
+    import subprocess
+
+    code = ("import sys; from pipeline.cli import build_parser; build_parser(); "
+            "import pipeline.providers.openai_api; "
+            "heavy = [m for m in ('openai', 'aiohttp', 'httpx2') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -55,7 +55,7 @@ def test_price_lookup_by_longest_prefix():
 
 
 def test_budget_reserves_worst_case_and_settles_real_cost():
-    cfg = validate({"synthesize": {"model": "gpt-4o", "max_tokens": 1000, "max_cost_usd": 0.025}}).synthesize
+    cfg = validate({"synthesize": {"model": "gpt-4o", "max_tokens": 1000, "max_cost_usd": 0.03}}).synthesize
     budget = Budget(cfg)
     worst = budget.worst_case(1000)  # 1000 in at $2.5/M + 1000 out at $10/M
     assert worst == pytest.approx(0.0125)
@@ -63,7 +63,7 @@ def test_budget_reserves_worst_case_and_settles_real_cost():
     assert first and second and budget.reserve(1000) is None and budget.stopped_by == "max_cost_usd"
     budget.settle(first, 0.002)
     assert budget.reserve(1000) is not None  # the real cost left room
-    assert budget.spent + budget.reserved <= 0.025
+    assert budget.spent + budget.reserved <= 0.03
 
 
 def test_max_requests_counts_requests():

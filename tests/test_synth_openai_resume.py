@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -48,12 +47,14 @@ def tenny(root: Path, tenny_bin: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_9_then_resume_asks_only_for_what_is_missing(tmp_path, slow_server, tenny_bin):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_kill_then_resume_asks_only_for_what_is_missing(tmp_path, slow_server, tenny_bin, sig):
     setup_project(tmp_path, slow_server)
     first = tenny(tmp_path, tenny_bin)
     assert slow_server.wait_until(lambda s: s.chat_ok >= 8)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    first.send_signal(sig)
+    _, err = first.communicate(timeout=10)
+    assert first.returncode == (-9 if sig == signal.SIGKILL else 130), err
     assert not (tmp_path / "data/raw/samples.jsonl").exists()  # the output is all or nothing
 
     cache = RequestCache(tmp_path / ".tenny/synthesize-cache.sqlite")
@@ -107,3 +108,24 @@ def test_killed_batch_run_resumes_polling_instead_of_paying_again(tmp_path, slow
     assert "resuming batch batch_0001" in err
     assert (slow_server.stats.files_uploaded, slow_server.stats.batches_created) == (1, 1)
     assert len(list(read_records(tmp_path / "data/raw/samples.jsonl"))) == CELLS * 5
+
+
+def test_batch_lines_that_failed_go_into_the_next_batch(tmp_path, slow_server, monkeypatch):
+    from openai_server import Rule
+
+    from pipeline import synthesize
+    from pipeline.params import load_params
+
+    setup_project(tmp_path, slow_server, batch=True, batch_poll_s=0.01)
+    slow_server.rules = [Rule("topic 7.", ["500"])]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    synthesize.run(load_params("params.yaml"))
+    report = json.loads(Path("reports/synthesize.json").read_text())
+    assert report["requests"]["failed"] == 1 and report["failed_by_reason"] == {"batch_error": 1}
+    assert len(list(read_records("data/raw/samples.jsonl"))) == (CELLS - 1) * 5
+    slow_server.rules = []
+    synthesize.run(load_params("params.yaml"))
+    assert slow_server.stats.batches_created == 2
+    assert slow_server.batches["batch_0002"]["request_counts"]["total"] == 1  # only the one that failed
+    assert len(list(read_records("data/raw/samples.jsonl"))) == CELLS * 5

@@ -66,13 +66,16 @@ class TennyApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "tenny"
     COMMANDS = App.COMMANDS | {TennyCommands}
+    # Digits switch screens unless a text field has focus (then they type; escape leaves
+    # the field). F1-F5 work from anywhere.
     BINDINGS = [
-        Binding("1", "switch_mode('pipeline')", "Pipeline"),
-        Binding("2", "switch_mode('training')", "Training"),
-        Binding("3", "switch_mode('diff')", "Diff"),
-        Binding("4", "switch_mode('experiments')", "Experiments"),
-        Binding("5", "switch_mode('eval')", "Eval"),
+        Binding("1,f1", "switch_mode('pipeline')", "Pipeline"),
+        Binding("2,f2", "switch_mode('training')", "Training"),
+        Binding("3,f3", "switch_mode('diff')", "Diff"),
+        Binding("4,f4", "switch_mode('experiments')", "Experiments"),
+        Binding("5,f5", "switch_mode('eval')", "Eval"),
         Binding("v", "review", "Review"),
+        Binding("escape", "leave_field", "Leave field", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -89,7 +92,13 @@ class TennyApp(App):
         from tui.screens.train_monitor import TrainMonitorScreen
 
         root = self.root
-        self.add_mode("pipeline", lambda: PipelineScreen(root, params))
+        self.pipeline_screen: PipelineScreen | None = None
+
+        def pipeline() -> PipelineScreen:
+            self.pipeline_screen = PipelineScreen(root, params)
+            return self.pipeline_screen
+
+        self.add_mode("pipeline", pipeline)
         self.add_mode("training", lambda: TrainMonitorScreen(dvclive_dir or paths.DVCLIVE_DIR, root=root))
         self.add_mode("diff", lambda: DatasetDiffScreen(root=root))
         self.add_mode("experiments", lambda: ExperimentsScreen(root))
@@ -97,6 +106,27 @@ class TennyApp(App):
 
     def on_mount(self) -> None:
         self.switch_mode(self.start_mode)
+
+    def action_leave_field(self) -> None:
+        self.screen.set_focus(None)
+
+    def running_run(self):
+        """The dvc run the pipeline screen has going, if any."""
+        screen = self.pipeline_screen
+        return None if screen is None else screen.current
+
+    async def action_quit(self) -> None:
+        run = self.running_run()
+        if run is not None and not getattr(self, "_quit_armed", False):
+            # Quitting would end the run (its output pipe closes): say so once.
+            self._quit_armed = True
+            self.notify(f"{run.command} is running: press q again to cancel it and quit", severity="warning")
+            return
+        if run is not None:
+            import asyncio
+
+            await asyncio.to_thread(run.cancel)
+        self.exit()
 
     def action_review(self) -> None:
         # Imported here: the review screen is another module and may not exist in this checkout.

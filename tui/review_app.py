@@ -10,6 +10,8 @@ from pathlib import Path
 
 from textual.app import App
 
+from pipeline.errors import UserError
+
 from tui.screens.review import ReviewScreen
 
 
@@ -22,6 +24,9 @@ class ReviewApp(App):
         super().__init__()
         self.review = ReviewScreen(records, decisions, dropped=dropped, base_dir=base_dir, by=by)
         if theme:
+            if theme not in self.available_themes:
+                names = ", ".join(sorted(self.available_themes))
+                raise UserError(f"--theme {theme}: no such theme; choose one of {names}")
             self.theme = theme
 
     def get_default_screen(self) -> ReviewScreen:

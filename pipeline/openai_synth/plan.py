@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
-from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.openai_synth.prompt_files import PromptFile, fill

@@ -75,7 +75,7 @@ def load_metrics(path: Path) -> dict:
 
 
 class EvalScreen(Screen):
-    BINDINGS = [Binding("f5", "refresh", "Reload")]
+    BINDINGS = [Binding("ctrl+r", "refresh", "Reload")]
 
     def __init__(self, root: str | Path | None = None, **kwargs):
         super().__init__(**kwargs)

@@ -43,7 +43,7 @@ class ExperimentsScreen(Screen):
         Binding("space", "mark", "Mark A/B"),
         Binding("d", "diff", "Diff marked"),
         Binding("s", "sort", "Sort by column"),
-        Binding("f5", "refresh", "Refresh"),
+        Binding("ctrl+r", "refresh", "Refresh"),
     ]
 
     def __init__(self, root: str | Path | None = None, **kwargs):

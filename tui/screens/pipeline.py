@@ -43,7 +43,7 @@ class PipelineScreen(Screen):
         Binding("t", "repro_stage", "Repro to stage"),
         Binding("e", "exp_run", "Exp run"),
         Binding("x", "cancel_run", "Cancel run"),
-        Binding("f5", "refresh", "Refresh"),
+        Binding("ctrl+r", "refresh", "Refresh"),
         Binding("p", "push", "Push"),
         Binding("P", "pull", "Pull", key_display="shift+p"),
         Binding("c", "cloud_status", "Status -c"),
@@ -84,6 +84,11 @@ class PipelineScreen(Screen):
         self.query_one("#run-log", RunLog).border_title = "log"
         self.action_refresh()
         self._show_remote()
+
+    def on_unmount(self) -> None:
+        # The run's output pipe ends with the app; stop it cleanly rather than by SIGPIPE.
+        if self.current is not None:
+            self.current.cancel(grace_s=2)
 
     # ------------------------------------------------------------ state
 

@@ -33,7 +33,7 @@ from pipeline.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, app
 from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog, TagSuggester
 from tui.widgets.review_footer import ReviewFooter
 from tui.widgets.review_panels import sample_text, side_text, status_text
-from tui.widgets.review_text import inert
+from tui.widgets.review_text import clean, inert
 
 SAMPLE_LIMIT = 20_000  # characters drawn per field; the rest is counted, not drawn
 RATE_WINDOW_S = 300.0  # samples per minute over the last five minutes
@@ -130,7 +130,8 @@ class ReviewScreen(Screen):
         self.rates: deque[float] = deque()
         self.slot_hints: list[str] = []
         self.ready = False  # the whole file is indexed
-        self.shown = 0  # screens drawn: tests and the benchmark wait on it
+        self.shown = 0  # samples drawn: tests and the benchmark wait on it
+        self.updates = 0  # status line redraws (every key makes one)
 
     # ------------------------------------------------------------ layout
 
@@ -151,7 +152,11 @@ class ReviewScreen(Screen):
         self.set_interval(2.0, self.sync_now)
 
     def on_unmount(self) -> None:
-        if self.queue is not None:
+        # A thread worker cannot be stopped, only asked; one still reading keeps
+        # the file open (the process exit closes it) rather than read a closed fd.
+        self.workers.cancel_node(self)
+        busy = any(w.node is self and not w.is_finished for w in self.app.workers)
+        if self.queue is not None and not busy:
             self.queue.close()
 
     # ------------------------------------------------------------ opening
@@ -335,6 +340,7 @@ class ReviewScreen(Screen):
         note = " · ".join(x for x in (self.busy, self.note) if x)
         self.query_one("#rv-status", Static).update(
             status_text(counts=q.counts(), rate=rate, rank=rank, shown=shown, filter_label=q.filter.label, note=note))
+        self.updates += 1
 
     def _title(self) -> None:
         title = Text()
@@ -458,7 +464,8 @@ class ReviewScreen(Screen):
             return
         assert self.queue is not None and self.current is not None
         state = self.queue.state(self.current.id)
-        current = ", ".join(state.tags) if state is not None else ""
+        # tags come from the log, which anyone can write: shown with placeholders, like samples
+        current = clean(", ".join(state.tags)) if state is not None else ""
         sample = self.current
 
         def saved(value: str | None) -> None:

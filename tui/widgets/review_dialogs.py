@@ -36,7 +36,8 @@ class EditDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-edit"):
-            yield Label(f"Edit the {self.what} — ctrl+s saves (and accepts), escape cancels", classes="rv-dialog-title")
+            yield Label(inert(f"Edit the {self.what} — ctrl+s saves (and accepts), escape cancels", limit=None),
+                        classes="rv-dialog-title")
             if self.unsafe:
                 yield Static(inert(f"{self.unsafe} control/invisible characters are shown as symbols; "
                                    "saving keeps the symbols, so delete any you do not want.", limit=None),
@@ -89,7 +90,7 @@ class PromptDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-prompt"):
-            yield Label(self.title_text, classes="rv-dialog-title")
+            yield Label(inert(self.title_text, limit=None), classes="rv-dialog-title")
             yield Input(self.value, placeholder=self.placeholder, suggester=self.suggester,
                         type=self.input_type, id="rv-input")  # type: ignore[arg-type]
             if self.note:
@@ -124,8 +125,9 @@ class FilterDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-filter"):
-            yield Label(f"Filter (now: {self.current}) — type pending, tag:NAME or KEY=VALUE, or pick with ↑/↓; "
-                        "enter applies", classes="rv-dialog-title")
+            # a tag or slot value in the label came from a file: inert, never markup
+            yield Label(inert(f"Filter (now: {self.current}) — type pending, tag:NAME or KEY=VALUE, or pick with ↑/↓; "
+                              "enter applies", limit=None), classes="rv-dialog-title")
             yield Input(placeholder="pending, tag:funny, topic=airports …", id="rv-input")
             yield OptionList(*[Option(inert(c, limit=200), id=str(i)) for i, c in enumerate(self.choices)],
                              id="rv-filter-list")
