@@ -49,10 +49,10 @@ from rapidfuzz.distance import Indel
 PARTS = 4
 # A sample joins the nearest leader's cluster when indel / (len_a + len_b) <=
 # RHO (fuzz.ratio >= 55): one generator pattern is then mostly one cluster.
-RHO = float(os.environ.get("TENNY_DEDUPE_RHO", 0.45))
+RHO = 0.45
 # Every sample is compared with every leader, so leaders cost O(n * leaders);
 # past this many, samples join their nearest leader however far (still exact).
-MAX_LEADERS = int(os.environ.get("TENNY_DEDUPE_LEADERS", 384))
+MAX_LEADERS = 384
 BLOCK = 4096
 # Probes per verification job: small enough for both cores to share a cluster's
 # work, large enough that rapidfuzz's per-call cost is amortised.
@@ -396,5 +396,4 @@ def _dedupe(texts, threshold, n_fixed, run_jobs, workers, block, progress) -> Ve
                 clusters[int(assign[row])].add(int(r_self[row]), int(act_len[row]), i)
         if progress:
             progress(end, pairs)
-    _dedupe.last_leaders = len(pivot_len)  # type: ignore[attr-defined]
     return Verdicts(matched, score, exact, pairs, scored)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -206,10 +207,26 @@ def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | N
                 raise RecordError(path, lineno, None, f"malformed JSON: {err.msg} at column {err.colno}") from None
             if not isinstance(obj, dict):
                 raise RecordError(path, lineno, None, f"each line must be a JSON object, got {_type_name(obj)}")
+            if _SURROGATE_ESCAPE.search(stripped):
+                _check_no_lone_surrogates(obj, path, lineno)
             yield lineno, obj
     finally:
         if own:
             fh.close()
+
+
+# Only a \uD800-\uDFFF escape can smuggle a lone surrogate through json.loads;
+# a cheap byte search keeps the full check off the common path.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_no_lone_surrogates(obj: dict, path, lineno: int) -> None:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RecordError(path, lineno, None,
+                          f"a \\u escape encodes a lone surrogate ({err.object[err.start]!r}), which is not text; "
+                          "fix the escape or drop the line") from None
 
 
 def check_record(obj: dict, path: str | os.PathLike, lineno: int | None) -> dict:

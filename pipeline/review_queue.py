@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,11 +370,20 @@ class ReviewQueue:
 
     def _rebuild_decided(self) -> None:
         ids, codes_list = [], []
-        for rid, status, edited, tagged in self.log.summaries():
-            code = STATUS_CODES[status] | (EDITED if edited else 0) | (TAGGED if tagged else 0)
-            if code:
-                ids.append(rid)
-                codes_list.append(code)
+        texts, tags = self.log.texts, self.log.tags
+        for rid, value in self.log.hist.items():
+            # most ids hold one plain accept ("a") or reject ("r"): no replay needed
+            if value == "a":
+                code = ACCEPTED
+            elif value == "r":
+                code = REJECTED
+            else:
+                code = (STATUS_CODES[self.log.status_of(rid)] | (EDITED if rid in texts else 0)
+                        | (TAGGED if rid in tags else 0))
+                if not code:
+                    continue
+            ids.append(rid)
+            codes_list.append(code)
         keys = id_keys(ids)
         codes = np.array(codes_list, dtype=np.uint8)
         order = np.argsort(keys)
@@ -382,12 +392,51 @@ class ReviewQueue:
     def index_batches(self) -> Iterator[tuple[int, int]]:
         """Index the records batch by batch (status included); yields (start, stop) added."""
         for start, stop in self.index.batches():
-            if stop > len(self._status):
-                grown = np.zeros(max(2 * len(self._status), stop), dtype=np.uint8)
-                grown[:start] = self._status[:start]
-                self._status = grown
+            self._grow_status(stop)
             self._status[start:stop] = self._codes_for(self.index.keys[start:stop])
             yield start, stop
+
+    def opening(self) -> Iterator[int | None]:
+        """Open the log and the index together; after each batch, yield where to resume (None: not known yet).
+
+        The log is folded in a thread while this one indexes the records: the
+        fold is Python and regex work, the index mostly numpy (which releases
+        the GIL), so a long log and a big file take about the longer of the two
+        rather than their sum. Errors from either surface here.
+        """
+        failed: list[BaseException] = []
+
+        def fold() -> None:
+            try:
+                self.open_log()
+            except BaseException as err:  # handed to the indexing thread below
+                failed.append(err)
+
+        log_thread = threading.Thread(target=fold, name="tenny-review-log", daemon=True)
+        log_thread.start()
+        coded = 0  # positions whose status reflects the log
+        for _start, stop in self.index.batches():
+            self._grow_status(stop)
+            if log_thread.is_alive():
+                yield None
+                continue
+            if failed:
+                raise failed[0]
+            self._status[coded:stop] = self._codes_for(self.index.keys[coded:stop])
+            coded = stop
+            yield self.first_pending()
+        log_thread.join()
+        if failed:
+            raise failed[0]
+        n = len(self)
+        self._status[coded:n] = self._codes_for(self.index.keys[coded:n])
+        yield self.first_pending()
+
+    def _grow_status(self, stop: int) -> None:
+        if stop > len(self._status):
+            grown = np.zeros(max(2 * len(self._status), stop), dtype=np.uint8)
+            grown[: len(self._status)] = self._status
+            self._status = grown
 
     def open(self) -> None:
         """Everything at once (tests, tools): log, then the whole index."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Progress:
     quantization: str | None = None
     base_model: str | None = None
     last_checkpoint: str | None = None
+    error: str | None = None  # what the train stage recorded when it failed
     latest: dict[str, float] = field(default_factory=dict)  # "train/loss" → last value
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # "train/loss" → [(step, value)]
     problems: list[str] = field(default_factory=list)  # half-written or unreadable files, by name
@@ -186,7 +188,7 @@ class ProgressReader:
         p.eta_s = _num(run.get("eta_s"))
         p.started_at = _num(run.get("started_at"))
         p.updated_at = _num(run.get("updated_at"))
-        for key in ("device", "quantization", "base_model", "last_checkpoint"):
+        for key in ("device", "quantization", "base_model", "last_checkpoint", "error"):
             value = run.get(key)
             setattr(p, key, None if value is None else str(value))
         p.latest = {k: v for k, v in _flat_numbers(self._metrics).items() if k != "step"}
@@ -247,6 +249,101 @@ class ProgressReader:
         return newest
 
 
+# ---------------------------------------------------------------- GPUs through NVML
+# NVML is read-only and costs microseconds per query, so polling it once a
+# second does not slow a training run.
+
+
+@dataclass
+class GpuStat:
+    index: int
+    name: str
+    util_pct: float | None
+    mem_used_mb: float | None
+    mem_total_mb: float | None
+    temp_c: float | None
+    power_w: float | None
+    power_limit_w: float | None
+
+
+class Nvml:
+    """NVML opened once, lazily; ``read()`` → (stats, message)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._nvml = None
+        self._error: str | None = None
+        self._tried = False
+
+    def _init(self) -> None:
+        self._tried = True
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception as err:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded...
+            self._error = f"no GPU (NVML unavailable: {err or type(err).__name__})"
+
+    def read(self) -> tuple[list[GpuStat], str | None]:
+        with self._lock:
+            if not self._tried:
+                self._init()
+            nv = self._nvml
+            if nv is None:
+                return [], self._error or "no GPU"
+            try:
+                count = nv.nvmlDeviceGetCount()
+            except Exception as err:
+                return [], f"no GPU (NVML: {err})"
+            if count == 0:
+                return [], "no GPU (NVML sees no devices)"
+            stats = []
+            for i in range(count):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                name = _try(lambda: nv.nvmlDeviceGetName(h)) or f"GPU {i}"
+                if isinstance(name, bytes):
+                    name = name.decode(errors="replace")
+                util = _try(lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu)
+                mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+                temp = _try(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
+                power = _try(lambda: nv.nvmlDeviceGetPowerUsage(h))
+                limit = _try(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h))
+                stats.append(GpuStat(
+                    i, str(name), util,
+                    None if mem is None else mem.used / 2**20, None if mem is None else mem.total / 2**20,
+                    temp, None if power is None else power / 1000, None if limit is None else limit / 1000,
+                ))
+            return stats, None
+
+
+def _try(fn):
+    # One unsupported query (power on some boards, MIG slices) must not hide the rest.
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def gpu_line(stats: list[GpuStat], message: str | None) -> str:
+    """One line per GPU for a terminal: util, memory, temperature, power."""
+    if not stats:
+        return message or "no GPU"
+    lines = []
+    for s in stats:
+        parts = [f"GPU{s.index} {s.name}"]
+        if s.util_pct is not None:
+            parts.append(f"util {s.util_pct:.0f}%")
+        if s.mem_used_mb is not None and s.mem_total_mb:
+            parts.append(f"mem {s.mem_used_mb / 1024:.1f}/{s.mem_total_mb / 1024:.1f} GiB")
+        if s.temp_c is not None:
+            parts.append(f"{s.temp_c:.0f}°C")
+        if s.power_w is not None:
+            parts.append(f"{s.power_w:.0f} W")
+        lines.append(" · ".join(parts))
+    return "\n".join(lines)
+
+
 def _int(value: Any) -> int | None:
     n = _num(value)
     return None if n is None else int(n)
@@ -277,6 +374,8 @@ def summary_line(p: Progress, now: float | None = None) -> str:
             parts.append(f"{label} {v:.4g}")
     if p.eta_s is not None and p.status == "running":
         parts.append(f"eta {format_duration(p.eta_s)}")
+    if p.error:
+        parts.append(f"error {p.error}")
     if p.device:
         parts.append(p.device)
     if p.last_checkpoint:

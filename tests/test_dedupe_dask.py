@@ -31,3 +31,21 @@ def test_local_cluster_output_identical_to_local_engine(monkeypatch):
     assert (remote.score == local.score).all()
     assert (remote.exact == local.exact).all()
     assert (local.matched >= 0).sum() > 500  # a corpus with plenty to drop
+
+
+def test_cli_engine_dask_writes_what_local_writes(tmp_path):
+    from pipeline.cli import main
+    from pipeline.records import make_record, write_records
+
+    texts = ["Airports are malls with a runway.", "airports are malls with a runway!!", "Airports are malls with runways.",
+             "Gym memberships fund other people's gyms.", "Smart fridges know you too well.", "smart fridges know you too well"]
+    src = tmp_path / "in.jsonl"
+    write_records(src, [make_record(text=t) for t in texts])
+    outs = {}
+    for engine in ("local", "dask"):
+        out, rep = tmp_path / f"{engine}.jsonl", tmp_path / f"{engine}.json"
+        rc = main(["dedupe", str(src), "-o", str(out), "--report", str(rep), "--no-progress",
+                   "--set", f"dedupe.engine={engine}", "--set", "dedupe.workers=1"])
+        assert rc == 0
+        outs[engine] = (out.read_text(), (tmp_path / f"{engine}_dropped.jsonl").read_text())
+    assert outs["dask"] == outs["local"]

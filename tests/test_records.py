@@ -172,3 +172,12 @@ def test_with_body_keeps_meta_and_changes_id():
     rec = make_record(text="a", meta={"source": "s"})
     new = with_body(rec, text="b")
     assert new["meta"] == {"source": "s"} and new["id"] != rec["id"]
+
+
+def test_lone_surrogate_escape_is_an_error_but_a_pair_is_text(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, '{"id": "x", "text": "emoji \\ud83d\\ude00 ok"}', '{"id": "y", "text": "broken \\ud800 here"}')
+    stream = read_records(path)
+    assert next(stream)["text"] == "emoji \U0001F600 ok"
+    with pytest.raises(RecordError, match=r":2: .*lone surrogate"):
+        next(stream)

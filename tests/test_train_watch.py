@@ -145,7 +145,7 @@ def test_cli_once_and_follow(tmp_path, capsys, monkeypatch):
 async def test_monitor_screen_follows_a_run_without_gpu(tmp_path, monkeypatch):
     """The app watching while a run writes; NVML absent → 'no GPU'."""
     from tui.app import TrainWatchApp
-    from tui.widgets.gpu_panel import Nvml
+    from pipeline.train_progress import Nvml
 
     import pynvml
 
@@ -182,7 +182,8 @@ async def test_monitor_screen_follows_a_run_without_gpu(tmp_path, monkeypatch):
 
 
 def test_nvml_reading_never_raises(monkeypatch):
-    from tui.widgets.gpu_panel import Nvml, render_gpus
+    from pipeline.train_progress import Nvml
+    from tui.widgets.gpu_panel import render_gpus
 
     import pynvml
 
@@ -191,3 +192,42 @@ def test_nvml_reading_never_raises(monkeypatch):
     stats, message = Nvml().read()
     assert stats == [] and "no GPU" in message
     assert "no GPU" in render_gpus(stats, message).plain
+
+
+@pytest.mark.timeout(300)
+def test_watching_a_real_tiny_training_run(in_tmp):
+    """The lead's train stage (tiny model, CPU) in a thread; the reader follows it to the end."""
+    from pipeline import base, train
+    from pipeline.params import load_params
+    from pipeline.records import make_record, write_records
+
+    texts = [f"Sample number {i}: printers sense fear and deadlines sense printers." for i in range(24)]
+    write_records(in_tmp / "data/final/train.jsonl", [make_record(text=t) for t in texts[:20]])
+    write_records(in_tmp / "data/final/val.jsonl", [make_record(text=t) for t in texts[20:]])
+    p = load_params(in_tmp / "params.yaml", ["train.base_model=tiny", "train.max_steps=10", "train.batch_size=4",
+                                              "train.eval_every=5", "train.lora.target_modules=[]"])
+    base.run(p)
+    reader = ProgressReader(in_tmp / "dvclive")
+    errors: list[BaseException] = []
+
+    def go():
+        try:
+            train.run(p)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    t = threading.Thread(target=go)
+    t.start()
+    seen = set()
+    while t.is_alive():
+        seen.add(reader.poll().step)
+        time.sleep(0.01)
+    t.join()
+    assert not errors, errors
+    prog = reader.poll()
+    assert prog.status == "finished" and prog.step == prog.total_steps == 10
+    assert len(prog.series["train/loss"]) == 10 and len(prog.series["eval/loss"]) == 2
+    assert prog.device == "cpu" and prog.base_model == "tiny" and prog.last_checkpoint
+    assert prog.value("train/tokens_per_s") > 0
+    assert len(seen - {None}) >= 1
+    assert "finished · step 10/10" in summary_line(prog)

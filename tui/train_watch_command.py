@@ -4,6 +4,7 @@
     tenny train-watch --dir runs/x     # another dvclive folder
     tenny train-watch --once           # print one status line and exit (scripts, cron, CI logs)
     tenny train-watch --follow         # print a status line every --interval seconds, no app
+    tenny train-watch --once --gpu     # ... plus one line per GPU (NVML)
 
 Textual is imported only when the app opens: the `tenny` command imports this
 module at startup.
@@ -24,10 +25,11 @@ def add_arguments(parser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="print one status line and exit")
     mode.add_argument("--follow", action="store_true", help="print a status line per interval until the run ends")
+    parser.add_argument("--gpu", action="store_true", help="with --once/--follow: add a line per GPU (NVML)")
 
 
 def run(params, args) -> int:
-    from pipeline.train_progress import ProgressReader, summary_line
+    from pipeline.train_progress import Nvml, ProgressReader, gpu_line, summary_line
 
     if args.interval <= 0:
         raise UserError("--interval must be a positive number of seconds")
@@ -36,10 +38,13 @@ def run(params, args) -> int:
         raise UserError(f"{directory} is a file, not a dvclive folder: pass the folder with --dir")
     if args.once or args.follow:
         reader = ProgressReader(directory)
+        nvml = Nvml() if args.gpu else None
         last = None
         while True:
             p = reader.poll()
             line = summary_line(p)
+            if nvml is not None:
+                line += "\n" + gpu_line(*nvml.read())
             if line != last:
                 print(line, flush=True)
                 last = line

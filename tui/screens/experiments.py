@@ -22,9 +22,10 @@ from pipeline.errors import UserError
 
 
 def _cell(v):
+    # DataTable shows floats with 2 decimals (0.002 → "0.00"): format them ourselves.
     if isinstance(v, float):
-        return round(v, 6)
-    return v
+        return f"{v:.6g}"
+    return "" if v is None else v
 
 
 def _sort_key(v):
@@ -35,7 +36,10 @@ def _sort_key(v):
         return (2, 0, "")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (0, v, "")
-    return (1, 0, str(v))
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0, str(v))
 
 
 class ExperimentsScreen(Screen):

@@ -163,37 +163,41 @@ class ReviewScreen(Screen):
 
     @work(thread=True, exclusive=True, group="open")
     def _open(self) -> None:
-        """Read the log, then index the records in batches; show the resume point as soon as it is indexed."""
+        """Fold the log and index the records (together); show the resume point as soon as it is known."""
         worker = get_current_worker()
         try:
             queue = ReviewQueue(self.records_path, self.decisions_path, by=self.by)
-            queue.open_log()
         except (UserError, OSError) as err:
             self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
             return
-        self.queue = queue
-        if queue.log.set_aside is not None:
-            self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
         shown = False
         last_report = 0.0
         try:
-            for _start, stop in queue.index_batches():
+            for resume in queue.opening():
                 if worker.is_cancelled:
                     return
-                if not shown:
-                    first = queue.first_pending()
-                    if first is not None:
-                        shown = True
-                        self.app.call_from_thread(self._show, first)
+                if not shown and resume is not None:
+                    shown = True
+                    self.queue = queue
+                    if queue.log.set_aside is not None:
+                        self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
+                    self.app.call_from_thread(self._show, resume)
                 now = time.monotonic()
                 if now - last_report > 0.2:
                     last_report = now
                     self.busy = f"indexing {100 * queue.index.scanned / max(1, queue.index.size):.0f}%"
-                    self.app.call_from_thread(self._status)
+                    self.app.call_from_thread(self._status if shown else self._opening)
         except (UserError, OSError) as err:
             self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
             return
+        self.queue = queue
+        if queue.log.set_aside is not None and not shown:
+            self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
         self.app.call_from_thread(self._indexed, shown)
+
+    def _opening(self) -> None:
+        if self.current is None and self.error is None:
+            self.query_one("#rv-sample", Static).update(Text(f"opening… {self.busy}", style="dim"))
 
     def _indexed(self, shown: bool) -> None:
         assert self.queue is not None

@@ -20,8 +20,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
 from pipeline import paths
-from pipeline.train_progress import Progress, ProgressReader, format_duration
-from tui.widgets.gpu_panel import GpuPanel, Nvml
+from pipeline.train_progress import Nvml, Progress, ProgressReader, format_duration
+from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.loss_chart import LossChart
 
 STATUS_STYLE = {"running": "bold green", "finished": "bold cyan", "failed": "bold red", "stale": "bold yellow",
@@ -54,6 +54,9 @@ def render_header(p: Progress, now: float | None = None) -> Text:
         t.append(f"   updated {format_duration(now - p.updated_at)} ago", style="dim")
     t.append("\n")
     t.append(f"model {p.base_model or '—'}   quantization {p.quantization or '—'}   device {p.device or '—'}")
+    if p.status == "failed":
+        t.append(f"\nthe run failed{': ' + p.error if p.error else ''}; its log is in the shell or the pipeline screen "
+                 "that started it", style="red")
     if p.status == "stale":
         t.append("\nno update for a while: the run may have been killed (check the shell or `dvc repro` log)",
                  style="yellow")
