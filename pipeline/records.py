@@ -182,6 +182,26 @@ def _type_name(value: Any) -> str:
 # ---------------------------------------------------------------- reading
 
 
+def parse_line(raw: bytes, path: str | os.PathLike, lineno: int) -> dict | None:
+    """One JSONL line as an object (None if blank); a bad line raises RecordError naming it."""
+    stripped = raw.strip()
+    if not stripped:
+        return None
+    try:
+        line = stripped.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(path, lineno, None, f"not valid UTF-8 (byte {err.start}: {stripped[err.start:err.start + 4]!r})") from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RecordError(path, lineno, None, f"malformed JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(obj, dict):
+        raise RecordError(path, lineno, None, f"each line must be a JSON object, got {_type_name(obj)}")
+    if _SURROGATE_ESCAPE.search(stripped):
+        _check_no_lone_surrogates(obj, path, lineno)
+    return obj
+
+
 def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; errors name the line.
 
@@ -194,21 +214,9 @@ def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | N
         for lineno, raw in enumerate(fh, start=start_line):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raise RecordError(path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
-            stripped = raw.strip()
-            if not stripped:
+            obj = parse_line(raw, path, lineno)
+            if obj is None:
                 continue
-            try:
-                line = stripped.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise RecordError(path, lineno, None, f"not valid UTF-8 (byte {err.start}: {stripped[err.start:err.start + 4]!r})") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(path, lineno, None, f"malformed JSON: {err.msg} at column {err.colno}") from None
-            if not isinstance(obj, dict):
-                raise RecordError(path, lineno, None, f"each line must be a JSON object, got {_type_name(obj)}")
-            if _SURROGATE_ESCAPE.search(stripped):
-                _check_no_lone_surrogates(obj, path, lineno)
             yield lineno, obj
     finally:
         if own:

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.decisions import DecisionLog, ReviewState, append_decisions
 from pipeline.errors import UserError
-from pipeline.records import RecordError, body_kind, check_record
+from pipeline.records import RecordError, body_kind, check_record, parse_line
 
 CHUNK = 8 << 20  # bytes scanned per batch: large enough for numpy, small for memory
 _PREFIX = np.frombuffer(b'{"id":"', dtype=np.uint8)
@@ -267,16 +267,9 @@ def _pread_into(fd: int, view: memoryview, pos: int) -> int:
 
 
 def _parse(raw: bytes, path: Path, lineno: int) -> dict:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RecordError(path, lineno, None, f"not valid UTF-8 (byte {err.start})") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RecordError(path, lineno, None, f"malformed JSON: {err.msg} at column {err.colno}") from None
-    if not isinstance(obj, dict):
-        raise RecordError(path, lineno, None, "each line must be a JSON object")
+    obj = parse_line(raw, path, lineno)
+    if obj is None:
+        raise RecordError(path, lineno, None, "blank line where a record was indexed")
     return obj
 
 

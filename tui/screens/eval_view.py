@@ -102,6 +102,9 @@ class EvalScreen(Screen):
         self.query_one("#eval-prompts", DataTable).border_title = "prompts"
         self.query_one("#eval-base-pane").border_title = "base model"
         self.query_one("#eval-adapter-pane").border_title = "base + adapter"
+
+    def on_screen_resume(self) -> None:
+        # Every visit re-reads reports/: an eval may have run since.
         self.action_refresh()
 
     def action_refresh(self) -> None:

@@ -66,6 +66,9 @@ class ExperimentsScreen(Screen):
 
     def on_mount(self) -> None:
         self.sub_title = f"experiments — {self.root}"
+
+    def on_screen_resume(self) -> None:
+        # Every visit re-reads: a run on the pipeline screen or in a shell adds experiments.
         self.action_refresh()
 
     def _message(self, text: str, style: str = "") -> None:

@@ -82,8 +82,12 @@ class PipelineScreen(Screen):
         table = self.query_one("#stages", DataTable)
         table.add_columns("stage", "state", "last metrics", "what changed")
         self.query_one("#run-log", RunLog).border_title = "log"
-        self.action_refresh()
         self._show_remote()
+
+    def on_screen_resume(self) -> None:
+        # States can change behind our back (a shell, another screen): re-read on every visit.
+        if self.current is None:
+            self.action_refresh()
 
     def on_unmount(self) -> None:
         # The run's output pipe ends with the app; stop it cleanly rather than by SIGPIPE.
