@@ -260,7 +260,7 @@ def load_params(path: str | Path = paths.PARAMS, overrides: list[str] | tuple[st
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ParamsError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ParamsError(f"{path}: the top level must be a mapping of sections (synthesize, dedupe, build, train, eval)")
+            raise ParamsError(f"{path}: the top level must be a mapping of sections (synthesize, dedupe, build, train, eval, remote)")
         data = loaded or {}
     for item in overrides:
         apply_override(data, *parse_override(item))

@@ -127,11 +127,12 @@ def test_data_missing_from_cache_says_pull(repo, tmp_path):
         diff_records(copy, "HEAD~1", "HEAD", with_params=False)
 
 
-def test_bad_line_names_file_revision_and_line(tmp_path):
+@pytest.mark.parametrize("bad", ["{not json", '{"id": "x", "text": "\\ud800"}', "[1]", '{"id": "x"}'])
+def test_bad_line_names_file_revision_and_line(tmp_path, bad):
     repo = init_repo(tmp_path / "r", pipeline=False)
     data = repo / "data/deduped/samples.jsonl"
     data.parent.mkdir(parents=True)
-    data.write_text(json.dumps(V1[0]) + "\n{not json\n")
+    data.write_text(json.dumps(V1[0]) + "\n" + bad + "\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "bad")
     with pytest.raises(UserError, match=r"samples.jsonl@HEAD:2"):

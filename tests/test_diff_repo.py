@@ -137,3 +137,14 @@ def make_two_versions(repo: Path) -> Path:
     write_version(repo, V1, V1_DECISIONS, 0.001, "v1")
     write_version(repo, v2_records(), V2_DECISIONS, 0.002, "v2")
     return repo
+
+
+def test_the_two_versions_are_what_the_expected_counts_say():
+    """The fixture's own arithmetic (cheap; keeps this module from being an empty test file)."""
+    v1 = {r["id"]: r for r in V1}
+    v2 = {r["id"]: r for r in v2_records()}
+    assert len(v2) == 11 and len(v1.keys() - v2.keys()) == EXPECTED["removed"]
+    assert len(v2.keys() - v1.keys()) == EXPECTED["added"]
+    same = v1.keys() & v2.keys()
+    assert sum(v1[i]["text"] != v2[i]["text"] for i in same) == 1  # plus one review edit = 2 edited
+    assert sum(v1[i]["meta"] != v2[i]["meta"] for i in same) == EXPECTED["meta_changed"]
