@@ -61,7 +61,11 @@ def score_shares(texts: list[str], sample: int = 2000, seed: int = 0) -> dict:
     return {"70-89": float(((s >= 70) & (s < 90)).mean()), ">=90": float((s >= 90).mean())}
 
 
-def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed: int) -> dict:
+class _OutOfTime(Exception):
+    pass
+
+
+def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed: int, limit: float) -> dict:
     from rapidfuzz.utils import default_process
 
     from bench.corpus import make_corpus
@@ -72,8 +76,23 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
+        last = [t0]
+
+        def progress(done: int, pairs: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] > 10:
+                last[0] = now
+                print(f"  {kind} {n:,}: {done:,} samples, {pairs:,} pairs bounded, {now - t0:.0f} s", file=sys.stderr, flush=True)
+            if limit and now - t0 > limit and done < n:
+                out.update(partial_samples=done, partial_seconds=now - t0)
+                raise _OutOfTime
+
         texts = [default_process(t) for t in raw]
-        v = dedupe_processed(texts, threshold)
+        try:
+            v = dedupe_processed(texts, threshold, progress=progress)
+        except _OutOfTime:
+            out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return out
         times.append(time.perf_counter() - t0)
     out.update(seconds=statistics.median(times), kept=int((v.matched < 0).sum()), exact=int(v.exact.sum()),
                near=int(((v.matched >= 0) & ~v.exact).sum()), pairs_bounded=v.pairs_verified,
@@ -102,17 +121,24 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per figure; the median is printed")
     ap.add_argument("--brute-max", type=int, default=20_000, help="largest size also run by brute force")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=0, help="stop a run after this many seconds and print how far it got")
     ap.add_argument("--one", nargs=2, metavar=("CORPUS", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.threshold, args.repeats, args.brute_max, args.seed)))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.threshold, args.repeats, args.brute_max, args.seed,
+                             args.time_limit)))
         return 0
     print(f"threshold {args.threshold}, repeats {args.repeats} (medians), brute force up to {args.brute_max}", flush=True)
     for kind in args.corpora:
         for n in args.sizes:
             cmd = [sys.executable, "-m", "bench.bench_dedupe", "--one", kind, str(n), "--threshold", str(args.threshold),
-                   "--repeats", str(args.repeats), "--brute-max", str(args.brute_max), "--seed", str(args.seed)]
-            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+                   "--repeats", str(args.repeats), "--brute-max", str(args.brute_max), "--seed", str(args.seed),
+                   "--time-limit", str(args.time_limit)]
+            r = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+            if "partial_samples" in r:
+                print(f"{kind:9} n={n:>9,}  stopped at --time-limit: {r['partial_samples']:,} samples in"
+                      f" {r['partial_seconds']:.0f} s  peak {r['peak_rss_mib']:,.0f} MiB", flush=True)
+                continue
             line = (f"{kind:9} n={n:>9,}  {r['seconds']:8.2f} s  kept {r['kept']:,}  dropped exact {r['exact']:,}"
                     f" near {r['near']:,}  pairs bounded {r['pairs_bounded']:,} scored in full {r['pairs_scored']:,}"
                     f" (of {r['all_pairs']:,})  peak {r['peak_rss_mib']:,.0f} MiB  ~{r['mean_chars']} chars")

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + list(getattr(args, "overrides_after", []) or [])
+    prog = f"tenny {args.command}" if args.command else "tenny"
     try:
         from pipeline.params import load_params
 
@@ -69,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(args.module)
         return module.run(params, args) or 0
     except UserError as err:
-        print(f"tenny {args.command or ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tenny {args.command or ''}: interrupted; files already written are complete", file=sys.stderr)
+        print(f"{prog}: interrupted; files already written are complete", file=sys.stderr)
         return 130
 
 
