@@ -16,8 +16,10 @@ tie). Only the work is smaller:
    ``indel(a, b) >= |len_a - len_b|`` rule out whole clusters, and within a
    cluster every member outside a distance window. These bounds never rule out a
    pair that could reach the threshold; they only skip pairs that cannot.
-3. What is left is verified by rapidfuzz itself (``process.cdist`` with a score
-   cutoff), and the decision compares rapidfuzz's own float score with
+3. Each candidate pair is checked with the part bound (1) below, a lower
+   bound of the indel distance that costs a fraction of a full score.
+4. What is left is scored by rapidfuzz itself (``process.cpdist`` with
+   ``fuzz.ratio``), and the decision compares rapidfuzz's own float score with
    ``>= threshold``, exactly as the brute-force loop does.
 
 Samples go through in blocks of a few thousand: each block is checked against
