@@ -27,15 +27,16 @@ def prompt_text(tok, user: str, params: Params) -> str:
     return user
 
 
-def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, device: str) -> list[str]:
+def generate(model, tok, prompts: list[str], ep, device: str) -> list[str]:
     import torch
 
     tok.padding_side = "left"  # decoder-only: pad on the left so every row continues its own prompt
     out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    for i in range(0, len(prompts), ep.batch_size):
+        enc = tok(prompts[i:i + ep.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            gen = model.generate(**enc, max_new_tokens=ep.max_new_tokens, do_sample=False,
+                                 repetition_penalty=ep.repetition_penalty, no_repeat_ngram_size=ep.no_repeat_ngram_size,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         for row in gen[:, enc["input_ids"].shape[1]:]:
             out.append(tok.decode(row, skip_special_tokens=True).strip())
@@ -75,9 +76,9 @@ def run(params: Params, args: Any = None) -> int:
         for r in val[:5]
     ]
     rendered = [prompt_text(tok, p, params) for p in prompts]
-    adapter_out = generate(model, tok, rendered, ep.max_new_tokens, ep.batch_size, device)
+    adapter_out = generate(model, tok, rendered, ep, device)
     with model.disable_adapter():
-        base_out = generate(model, tok, rendered, ep.max_new_tokens, ep.batch_size, device)
+        base_out = generate(model, tok, rendered, ep, device)
 
     report = {
         "val_samples": len(examples),

@@ -176,6 +176,8 @@ class TrainParams(Strict):
 class EvalParams(Strict):
     prompts: list[str] = Field(default_factory=list, description="user turns answered by base and adapter")
     max_new_tokens: int = Field(40, ge=1)
+    repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 also discourages the end-of-turn token: answers run on")
+    no_repeat_ngram_size: int = Field(4, ge=0, description="greedy decoding loops on small models; 0 turns the block off")
     batch_size: int = Field(8, ge=1)
     max_val_samples: int | None = Field(None, ge=1)
 
