@@ -306,7 +306,7 @@ async def test_shows_pair_chat_provenance_twins_and_tokens(files, tmp_path):
 
 async def test_hostile_text_is_inert(tmp_path):
     records = tmp_path / "r.jsonl"
-    # a lone surrogate cannot be hashed into an id (records.record_id encodes UTF-8), so this id is given
+    # a fixed id keeps the snapshot stable; a lone surrogate is a bad line (records.parse_line), not hostile text
     hostile = {"id": "hostile-1", "text": HOSTILE, "meta": {"model": "\x1b[2Jbad[/]", "slots": {"k[b]": "\u202ev"}}}
     long = make_record(text="y" * 100_000)
     records.write_text(json.dumps(hostile) + "\n" + dumps(long) + "\n", encoding="utf-8")
@@ -321,7 +321,7 @@ async def test_hostile_text_is_inert(tmp_path):
         for widget_id in ("#rv-sample", "#rv-side"):
             text = app.review.query_one(widget_id).render()
             plain = str(text)
-            for bad in ("\x1b", "\x00", "\x07", "\r", "\u202e", "\u200b", "\u200d", "\ud800"):
+            for bad in ("\x1b", "\x00", "\x07", "\r", "\u202e", "\u200b", "\u200d"):
                 assert bad not in plain, (widget_id, repr(bad))
             assert not any(span.style and "link" in str(span.style) for span in text.spans)
         plain = str(app.review.query_one("#rv-sample").render())

@@ -11,7 +11,7 @@ from pipeline.records import dumps, make_record
 HOSTILE = (
     "[bold red]styled?[/] [link=http://evil.example]click[/link] "
     "\x1b[31mred\x1b[0m \x1b]8;;http://evil.example\x07osc\x1b]8;;\x07 \x1b[2J\x1b[H "
-    "\u202eevil-rtl\u202c \u200bzero\u200dwidth \x00nul \x07bell \r carriage \ud800 lone"
+    "\u202eevil-rtl\u202c \u200bzero\u200dwidth \x00nul \x07bell \r carriage"
 )
 
 
