@@ -208,7 +208,7 @@ def test_max_cost_is_never_exceeded(project, server):
     cap = 0.0005  # worst case per request ~$0.00023 at max_tokens 100: room for two or three
     records, report = run_stage(params_for(server, max_cost_usd=cap, max_tokens=100))
     assert report["budget_stop"] == 1
-    assert 1 <= report["requests"]["sent"] < 10
+    assert 0 < report["requests"]["sent"] < 10
     assert report["cost_usd"] <= cap
     assert report["requests"]["unsent"] == 10 - report["requests"]["sent"]
 
