@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.records import RecordError, append_jsonl, iter_jsonl
+from pipeline.records import RecordError, append_jsonl, iter_jsonl, reject_bom
 
 ACTIONS = ("accept", "reject", "edit", "tag", "undo")
 
@@ -224,8 +224,8 @@ class DecisionLog:
             self.lines += n_lines
             return
         at, lineno = 0, self.lines
-        if self.offset == 0 and data.startswith(b"\xef\xbb\xbf"):
-            raise RecordError(self.path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+        if self.offset == 0:
+            reject_bom(data, self.path)
         while at < end:
             nl = data.index(b"\n", at)
             lineno += 1

@@ -188,7 +188,7 @@ class _Reader:
     def __iter__(self):
         """Yield (lineno, record, body_hash, meta_hash, tokens, kind)."""
         from pipeline import dvc_ops
-        from pipeline.records import RecordError, check_record
+        from pipeline.records import RecordError, check_record, reject_bom
 
         loads, decode_error = _loads()
         dumps = _dumps()
@@ -196,8 +196,8 @@ class _Reader:
         label = self.label
         with dvc_ops.open_at(self.root, self.path, self.rev) as fh:
             for lineno, raw in enumerate(fh, start=1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raise RecordError(label, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+                if lineno == 1:
+                    reject_bom(raw, label)
                 if not raw.strip():
                     continue
                 try:

@@ -317,8 +317,3 @@ def format_errors(err: ValidationError, source: str) -> str:
                 msg += f" (got {got[:80] + '...' if len(got) > 80 else got})"
         lines.append(msg)
     return f"{source}: " + "; ".join(lines)
-
-
-def dump_defaults() -> dict:
-    """Every key with its default, as params.yaml would hold it."""
-    return Params().model_dump(mode="json")

@@ -31,7 +31,6 @@ from typing import Any, BinaryIO
 
 from pipeline.errors import UserError
 
-BODY_KINDS = ("text", "pair", "chat")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 ID_HEX_CHARS = 16  # 64 bits: a collision in a million records has odds ~1e-8
 _BODY_FIELDS = ("text", "prompt", "completion", "messages")
@@ -182,6 +181,12 @@ def _type_name(value: Any) -> str:
 # ---------------------------------------------------------------- reading
 
 
+def reject_bom(first_line: bytes, path: str | os.PathLike) -> None:
+    """A file must not start with a UTF-8 byte-order mark; every reader checks its first line here."""
+    if first_line.startswith(b"\xef\xbb\xbf"):
+        raise RecordError(path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+
+
 def parse_line(raw: bytes, path: str | os.PathLike, lineno: int) -> dict | None:
     """One JSONL line as an object (None if blank); a bad line raises RecordError naming it."""
     stripped = raw.strip()
@@ -212,8 +217,8 @@ def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | N
     fh = fh or open(path, "rb")
     try:
         for lineno, raw in enumerate(fh, start=start_line):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raise RecordError(path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+            if lineno == 1:
+                reject_bom(raw, path)
             obj = parse_line(raw, path, lineno)
             if obj is None:
                 continue

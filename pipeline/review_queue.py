@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.decisions import DecisionLog, ReviewState, append_decisions
 from pipeline.errors import UserError
-from pipeline.records import RecordError, body_kind, check_record, parse_line
+from pipeline.records import RecordError, body_kind, check_record, parse_line, reject_bom
 
 CHUNK = 8 << 20  # bytes scanned per batch: large enough for numpy, small for memory
 _PREFIX = np.frombuffer(b'{"id":"', dtype=np.uint8)
@@ -229,8 +229,8 @@ class LineIndex:
             if not stripped:
                 continue
             lineno = line_base + int(i)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raise RecordError(self.path, 1, None, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+            if lineno == 1:
+                reject_bom(raw, self.path)
             obj = _parse(stripped, self.path, lineno)
             check_record(obj, self.path, lineno)
             keys[i] = id_key(obj["id"])

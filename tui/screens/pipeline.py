@@ -263,34 +263,18 @@ class PipelineScreen(Screen):
 
     # ------------------------------------------------------------ buttons
 
-    @on(Button.Pressed, "#btn-repro")
-    def _b_repro(self) -> None:
-        self.action_repro_all()
+    # Each button does what its key binding does.
+    _BUTTON_ACTIONS = {
+        "btn-repro": "repro_all", "btn-repro-stage": "repro_stage", "btn-exp": "exp_run",
+        "btn-cancel": "cancel_run", "btn-push": "push", "btn-pull": "pull", "btn-cloud": "cloud_status",
+    }
 
-    @on(Button.Pressed, "#btn-repro-stage")
-    def _b_stage(self) -> None:
-        self.action_repro_stage()
-
-    @on(Button.Pressed, "#btn-exp")
-    def _b_exp(self) -> None:
-        self.action_exp_run()
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        action = self._BUTTON_ACTIONS.get(event.button.id or "")
+        if action:
+            getattr(self, f"action_{action}")()
 
     @on(Input.Submitted, "#overrides")
     def _i_exp(self) -> None:
         self.action_exp_run()
-
-    @on(Button.Pressed, "#btn-cancel")
-    def _b_cancel(self) -> None:
-        self.action_cancel_run()
-
-    @on(Button.Pressed, "#btn-push")
-    def _b_push(self) -> None:
-        self.action_push()
-
-    @on(Button.Pressed, "#btn-pull")
-    def _b_pull(self) -> None:
-        self.action_pull()
-
-    @on(Button.Pressed, "#btn-cloud")
-    def _b_cloud(self) -> None:
-        self.action_cloud_status()
