@@ -82,7 +82,7 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
             now = time.perf_counter()
             if now - last[0] > 10:
                 last[0] = now
-                print(f"  {kind} {n:,}: {done:,} samples, {pairs:,} pairs bounded, {now - t0:.0f} s", file=sys.stderr, flush=True)
+                print(f"  {kind} {n:,}: {done:,} samples, {pairs:,} pairs verified, {now - t0:.0f} s", file=sys.stderr, flush=True)
             if limit and now - t0 > limit and done < n:
                 out.update(partial_samples=done, partial_seconds=now - t0)
                 raise _OutOfTime
@@ -95,8 +95,8 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
             return out
         times.append(time.perf_counter() - t0)
     out.update(seconds=statistics.median(times), kept=int((v.matched < 0).sum()), exact=int(v.exact.sum()),
-               near=int(((v.matched >= 0) & ~v.exact).sum()), pairs_bounded=v.pairs_verified,
-               pairs_scored=v.pairs_scored, all_pairs=n * (n - 1) // 2)
+               near=int(((v.matched >= 0) & ~v.exact).sum()), pairs_bounded=v.pairs_bounded,
+               pairs_scored=v.pairs_verified, leaders=v.leaders, all_pairs=n * (n - 1) // 2)
     if n <= brute_max:
         times = []
         for _ in range(repeats):
@@ -140,7 +140,7 @@ def main() -> int:
                       f" {r['partial_seconds']:.0f} s  peak {r['peak_rss_mib']:,.0f} MiB", flush=True)
                 continue
             line = (f"{kind:9} n={n:>9,}  {r['seconds']:8.2f} s  kept {r['kept']:,}  dropped exact {r['exact']:,}"
-                    f" near {r['near']:,}  pairs bounded {r['pairs_bounded']:,} scored in full {r['pairs_scored']:,}"
+                    f" near {r['near']:,}  leaders {r['leaders']}  pairs bounded {r['pairs_bounded']:,} verified exactly {r['pairs_scored']:,}"
                     f" (of {r['all_pairs']:,})  peak {r['peak_rss_mib']:,.0f} MiB  ~{r['mean_chars']} chars")
             if "brute_seconds" in r:
                 line += (f"\n{'':9}   brute force cdist {r['brute_seconds']:.2f} s → {r['speedup']:.1f}x faster,"

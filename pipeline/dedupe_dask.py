@@ -1,7 +1,7 @@
 """``dedupe.engine: dask``: the same verification jobs, run on a Dask cluster.
 
 The engine's only parallel work is a list of independent jobs per block (probe
-texts × candidate member texts → pairs at or above the threshold); the
+texts aligned with candidate member texts → pairs at or above the threshold); the
 candidate search and the in-order resolution stay on the client, so the output
 is identical to the local engine by construction, and a test proves it on a
 LocalCluster. Dask rather than Ray: see docs/dedupe.md.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.dedupe_index import Job, JobRunner, verify_job
+from pipeline.dedupe_index import Job, JobResult, JobRunner, verify_job
 from pipeline.errors import UserError
 
 # Jobs smaller than this many pairs run on the client: shipping them costs more
@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 _LOCAL_PAIRS = 20_000
 
 
-def _verify_many(jobs: list[Job]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+def _verify_many(jobs: list[Job]) -> list[JobResult]:
     return [verify_job(*job) for job in jobs]
 
 
@@ -49,15 +49,15 @@ def dask_runner(scheduler: str | None = None, workers: int = 0, client=None) -> 
             client = Client(cluster)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
 
-    def run(jobs: list[Job]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    def run(jobs: list[Job]) -> list[JobResult]:
         out: list = [None] * len(jobs)
-        remote = [x for x, job in enumerate(jobs) if len(job[0]) * len(job[2]) >= _LOCAL_PAIRS]
+        remote = [x for x, job in enumerate(jobs) if len(job[0]) >= _LOCAL_PAIRS]
         # a few batches per worker: enough to balance, few enough to keep scheduling cheap
         n_batches = min(len(remote), 4 * n_workers)
         batches = [remote[b::n_batches] for b in range(n_batches)] if n_batches else []
         futures = [client.submit(_verify_many, [jobs[x] for x in batch], pure=False) for batch in batches]
         for x, job in enumerate(jobs):
-            if len(job[0]) * len(job[2]) < _LOCAL_PAIRS:
+            if len(job[0]) < _LOCAL_PAIRS:
                 out[x] = verify_job(*job)
         for batch, result in zip(batches, client.gather(futures)):
             for x, r in zip(batch, result):

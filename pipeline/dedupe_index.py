@@ -3,62 +3,81 @@
 The result is the brute-force one: walking the samples in order, a sample is
 dropped iff ``fuzz.ratio`` against some earlier *kept* sample is >= threshold,
 and it is reported against the best such sample (highest score, earliest on a
-tie). Only the work is smaller:
+tie). Only the work is smaller. ``fuzz.ratio = 100 * (1 - indel / (len_a +
+len_b))`` with the indel distance (a metric), so a pair can only reach the
+threshold when ``indel <= max_indel(len_a + len_b)``; every step below either
+proves a pair's indel distance is larger, and skips it, or passes it on:
 
-1. Exact copies of a kept sample (same ``default_process`` text) are dropped by
-   a hash lookup, score 100.
-2. The indel distance is a metric, and fuzz.ratio is a function of it:
-   ``ratio = 100 * (1 - indel / (len_a + len_b))``. So a pair can only reach the
-   threshold when ``indel <= max_indel(len_a + len_b)``. Samples are grouped
-   around *leaders* (the first sample of each region of the corpus); with each
-   sample's indel distance to every leader, the triangle inequality
-   ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` and the length bound
-   ``indel(a, b) >= |len_a - len_b|`` rule out whole clusters, and within a
-   cluster every member outside a distance window. These bounds never rule out a
-   pair that could reach the threshold; they only skip pairs that cannot.
-3. Each candidate pair is checked with the part bound (1) below, a lower
-   bound of the indel distance that costs a fraction of a full score.
-4. What is left is scored by rapidfuzz itself (``process.cpdist`` with
-   ``fuzz.ratio``), and the decision compares rapidfuzz's own float score with
-   ``>= threshold``, exactly as the brute-force loop does.
+1. **Exact copies** of a kept sample (same ``default_process`` text): a hash
+   lookup, score 100.
+2. **Pivots.** Samples are grouped around *leaders*: a sample farther than
+   ``RHO`` from every leader becomes one. Every sample's indel distance to every
+   leader is computed once; by the triangle inequality
+   ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any string ``p``. Kept
+   samples are indexed by (own leader, distance to it), so a probe only meets,
+   in each other cluster, the members in the window
+   ``[indel(a, p) - max_indel, indel(a, p) + max_indel]`` (a table lookup, no
+   scan), and of those only the ones that also pass the same test on the
+   probe's *own* leader and the length bound ``indel >= |len_a - len_b|``.
+   Generators repeat patterns, so clusters are mostly one pattern each and a
+   probe meets few members of other clusters.
+3. **Bag bound.** The LCS can use at most ``min(count_a(c), count_b(c))`` copies
+   of a character ``c``, so ``indel(a, b) >= sum_c |count_a(c) - count_b(c)|``
+   (also with characters folded into classes). With each class count written
+   as a thermometer code (count k: k ones), ``sum_c min(...)`` is a dot
+   product, and a probe group × a whole cluster is one float32 matrix product;
+   this rules out nearly all pairs within a pattern that differ in their slot
+   fillers.
+4. **Verification.** The pairs left are scored by rapidfuzz itself
+   (``process.cpdist`` with ``fuzz.ratio``), and the decision compares
+   rapidfuzz's own float score with ``>= threshold``, exactly as the
+   brute-force loop does.
 
-Samples go through in blocks of a few thousand: each block is checked against
-the kept samples of earlier blocks and against itself, then resolved in input
-order, so a sample dropped earlier can never cause a later drop.
+Samples go through in blocks: each block is checked against the kept samples
+of earlier blocks and against itself, then resolved in input order, so a
+sample dropped earlier can never cause a later drop.
 
-``run_jobs`` is the only parallel part: a list of independent verification jobs
-(probe texts × member texts). The local engine runs them on a thread pool
-(rapidfuzz releases the GIL); the Dask engine (pipeline/dedupe_dask.py) sends
-the same jobs to a cluster. Both give identical output.
+``run_jobs`` is the only parallel part: a list of independent verification
+jobs (aligned lists of probe and member texts). The local engine runs them on
+a thread pool (rapidfuzz releases the GIL); the Dask engine
+(pipeline/dedupe_dask.py) sends the same jobs to a cluster. Both give identical
+output.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Indel
 
-# Characters are split into PARTS disjoint classes balanced by frequency; a
-# string's part c keeps only the characters of class c. For any alignment,
-# each unmatched character is unmatched in exactly one part, so
-#     indel(a, b) >= sum over c of indel(a_c, b_c)                      (1)
-# and each part of a ~100-character sample has ~25 characters, which rapidfuzz
-# scores many at a time with SIMD: the four parts cost ~1/8 of one full score.
-PARTS = 4
-# A sample joins the nearest leader's cluster when indel / (len_a + len_b) <=
-# RHO (fuzz.ratio >= 55): one generator pattern is then mostly one cluster.
-RHO = 0.45
-# Every sample is compared with every leader, so leaders cost O(n * leaders);
-# past this many, samples join their nearest leader however far (still exact).
-MAX_LEADERS = 384
-BLOCK = 4096
-# Probes per verification job: small enough for both cores to share a cluster's
-# work, large enough that rapidfuzz's per-call cost is amortised.
-JOB_PROBES = 256
+# A sample joins the nearest leader when indel / (len_a + len_p) <= RHO
+# (fuzz.ratio >= 60): samples of one generator pattern then share a leader,
+# while different patterns sit ~0.5 apart, further than RHO + max_indel/L.
+RHO = 0.4
+# Every sample is scored against every leader, so leaders cost n * leaders full
+# scores; past the cap (n / LEADER_EVERY, at most MAX_LEADERS) samples join the
+# nearest leader however far (still exact, only less pruning).
+MAX_LEADERS = 448
+LEADER_EVERY = 67
+LEADER_BATCH = 64
+BLOCK = 16384
+MIN_BLOCK = 2048
+# Pivot distances are stored clipped to a byte: |clip(x) - clip(y)| <= |x - y|,
+# so every bound stays valid, only weaker for long strings.
+CLIP = 255
+# Characters fold into at most this many classes for the bag bound.
+CLASSES = 64
+# A group whose thermometer codes would be wider than this (very long samples)
+# skips the bag bound and goes straight to verification.
+MAX_CODE = 1024
+# Pairs per verification job and per candidate-expansion chunk.
+JOB_PAIRS = 65536
+EXPAND_PAIRS = 1 << 22
+CHUNK = 8192  # probes per window computation
 # Verification asks rapidfuzz for scores a hair below the threshold, then keeps
 # score >= threshold itself: rapidfuzz's own cutoff test works on a normalised
 # similarity with its own rounding, and must not decide a boundary case.
@@ -77,11 +96,6 @@ def max_indel(total_len: np.ndarray | int, threshold: float) -> np.ndarray:
     return np.floor(total * (100.0 - threshold) / 100.0 + 1e-6 * total + 1e-6).astype(np.int64)
 
 
-def _spread(dist: np.ndarray, len_a: np.ndarray, len_p: np.ndarray | int) -> np.ndarray:
-    """1 - fuzz.ratio/100: how far a sample is from a leader, for clustering only."""
-    return dist / np.maximum(len_a + len_p, 1)
-
-
 @dataclass
 class Verdicts:
     """Per sample: ``matched`` is -1 if kept, else the index of the kept sample it matched."""
@@ -89,85 +103,28 @@ class Verdicts:
     matched: np.ndarray
     score: np.ndarray
     exact: np.ndarray  # dropped as an identical copy (after default_process)
-    pairs_verified: int = 0  # candidate pairs left by the cluster bounds, each checked by the part bound
-    pairs_scored: int = 0  # pairs the part bound let through, scored in full by rapidfuzz
+    pairs_verified: int = 0  # candidate pairs scored in full by rapidfuzz
+    pairs_bounded: int = 0  # pairs the pivot windows left, each checked with the bag bound
+    leaders: int = 0
 
 
 # ---------------------------------------------------------------- verification jobs
 
-
-def part_distances(queries: Sequence[Sequence[str]], choices: Sequence[Sequence[str]], cutoff: int | None = None) -> np.ndarray:
-    """The sum in (1) for every query × choice: a lower bound of their indel distance.
-
-    With ``cutoff``, a part distance above it is reported as cutoff + 1, still
-    a lower bound (and cheaper to compute).
-    """
-    total = None
-    for q, c in zip(queries, choices):
-        d = process.cdist(q, c, scorer=Indel.distance, processor=None, score_cutoff=cutoff, dtype=np.int32, workers=1)
-        total = d if total is None else total + d
-    return total
+Job = tuple[list[str], list[str], float]
+JobResult = tuple[np.ndarray, np.ndarray]
+JobRunner = Callable[[list[Job]], list[JobResult]]
 
 
-def verify_job(probes: Sequence[str], probe_parts: Sequence[Sequence[str]],
-               members: Sequence[str], member_parts: Sequence[Sequence[str]],
-               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Exact scores for probe × member pairs: (probe row, member col, score) where score >= threshold,
-    and how many pairs were scored in full.
+def verify_job(probes: Sequence[str], members: Sequence[str], threshold: float) -> JobResult:
+    """Exact scores of aligned pairs ``probes[x]`` × ``members[x]``: (x, score) where score >= threshold.
 
-    The part bound (1) rules out nearly every pair that is not a near-duplicate
-    at a fraction of the cost; the rest are scored in full by rapidfuzz.
     Module-level and pure so that a Dask worker can run it as it is.
     """
-    la = np.fromiter(map(len, probes), dtype=np.int32, count=len(probes))
-    lb = np.fromiter(map(len, members), dtype=np.int32, count=len(members))
-    table = max_indel(np.arange(int(la.max()) + int(lb.max()) + 1), threshold).astype(np.int32)
-    dmax = table[la[:, None] + lb[None, :]]
-    rows, cols = np.nonzero(part_distances(probe_parts, member_parts, int(table[-1])) <= dmax)
-    if not len(rows):
-        return rows.astype(np.int64), cols.astype(np.int64), np.zeros(0), 0
     cutoff = max(0.0, threshold - _CUTOFF_MARGIN)
-    scores = process.cpdist([probes[r] for r in rows.tolist()], [members[c] for c in cols.tolist()],
-                            scorer=fuzz.ratio, processor=None, score_cutoff=cutoff, dtype=np.float64, workers=1)
-    hit = scores >= threshold
-    return rows[hit].astype(np.int64), cols[hit].astype(np.int64), scores[hit], len(rows)
-
-
-Job = tuple[list[str], list[list[str]], list[str], list[list[str]], float]
-JobRunner = Callable[[list[Job]], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]]
-
-
-class Splitter:
-    """Assigns characters to PARTS classes and splits strings into their parts.
-
-    Classes are balanced by character frequency so that parts are about equally
-    long. A character first seen later goes to the lightest class; that is
-    consistent because no string split earlier contains it.
-    """
-
-    def __init__(self, parts: int = PARTS) -> None:
-        self.weight = [0] * parts
-        self.cls: dict[str, int] = {}
-        self.tables: list[dict[int, None]] = [{} for _ in range(parts)]
-
-    def learn(self, texts: Sequence[str]) -> None:
-        from collections import Counter
-
-        counts: Counter = Counter()
-        for t in texts:
-            counts.update(t)
-        for ch, n in counts.most_common():
-            if ch in self.cls:
-                continue
-            c = self.weight.index(min(self.weight))
-            self.cls[ch] = c
-            self.weight[c] += n
-            for other, table in enumerate(self.tables):
-                if other != c:
-                    table[ord(ch)] = None  # every other part drops this character
-
-    def split(self, texts: Sequence[str]) -> list[list[str]]:
-        return [[t.translate(table) for t in texts] for table in self.tables]
+    scores = process.cpdist(probes, members, scorer=fuzz.ratio, processor=None, score_cutoff=cutoff,
+                            dtype=np.float64, workers=1)
+    hit = np.flatnonzero(scores >= threshold)
+    return hit, scores[hit]
 
 
 def thread_runner(workers: int = 0) -> tuple[JobRunner, Callable[[], None]]:
@@ -179,7 +136,7 @@ def thread_runner(workers: int = 0) -> tuple[JobRunner, Callable[[], None]]:
         return (lambda jobs: [verify_job(*job) for job in jobs]), (lambda: None)
     pool = ThreadPoolExecutor(n, thread_name_prefix="dedupe")
 
-    def run(jobs: list[Job]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    def run(jobs: list[Job]) -> list[JobResult]:
         if len(jobs) <= 1:
             return [verify_job(*job) for job in jobs]
         return list(pool.map(lambda job: verify_job(*job), jobs))
@@ -187,35 +144,80 @@ def thread_runner(workers: int = 0) -> tuple[JobRunner, Callable[[], None]]:
     return run, pool.shutdown
 
 
-# ---------------------------------------------------------------- clusters
+# ---------------------------------------------------------------- character classes
 
 
-@dataclass
-class _Cluster:
-    """Kept members of one leader's cluster, bucketed by their distance to the leader."""
+class _Classes:
+    """Folds characters into at most CLASSES classes and counts them per string.
 
-    ids: dict[int, list[int]] = field(default_factory=dict)
-    r_min: int = 1 << 60
-    r_max: int = -1
-    len_min: int = 1 << 60
-    len_max: int = -1
+    A character keeps the class it first gets, so counts of different blocks
+    are comparable; past CLASSES distinct characters a new one joins the class
+    with the fewest characters so far. Folding only merges counts, and
+    ``sum |a - b|`` over merged classes is <= the sum over characters, so the
+    bag bound stays valid.
+    """
 
-    def add(self, r: int, length: int, idx: int) -> None:
-        self.ids.setdefault(r, []).append(idx)
-        self.r_min, self.r_max = min(self.r_min, r), max(self.r_max, r)
-        self.len_min, self.len_max = min(self.len_min, length), max(self.len_max, length)
+    def __init__(self) -> None:
+        self.table: dict[int, str] = {}
+        self.weight = np.zeros(CLASSES, dtype=np.int64)
 
-    def window(self, lo: int, hi: int) -> list[int]:
-        """Members whose distance to the leader lies in [lo, hi]."""
-        ids: list[int] = []
-        lo, hi = max(lo, self.r_min), min(hi, self.r_max)
-        if hi - lo + 1 > len(self.ids):
-            keys = sorted(r for r in self.ids if lo <= r <= hi)
-        else:
-            keys = [r for r in range(lo, hi + 1) if r in self.ids]
-        for r in keys:
-            ids += self.ids[r]
-        return ids
+    def counts(self, texts: Sequence[str]) -> np.ndarray:
+        joined = "".join(texts)
+        for ch in set(joined):
+            if ord(ch) not in self.table:
+                used = len(self.table)
+                c = used if used < CLASSES else int(self.weight.argmin())
+                self.table[ord(ch)] = chr(c)
+                self.weight[c] += 1
+        codes = np.frombuffer(joined.translate(self.table).encode("latin-1"), dtype=np.uint8)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        flat = np.bincount(rows * CLASSES + codes, minlength=len(texts) * CLASSES)
+        return flat.reshape(len(texts), CLASSES).astype(np.uint16)
+
+
+def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Thermometer codes: class c's count k becomes k ones in a field of width[c]."""
+    cols = np.repeat(np.arange(len(width)), width)
+    steps = np.arange(int(width.sum())) - np.repeat(np.cumsum(width) - width, width)
+    return (counts[:, cols] > steps).astype(np.float32)
+
+
+def bag_distances(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray | None:
+    """``sum_c |a_c - b_c|`` for every row pair (a lower bound of indel), or None if the codes are too wide."""
+    width = np.maximum(counts_a.max(axis=0, initial=0), counts_b.max(axis=0, initial=0)).astype(np.int64)
+    if width.sum() > MAX_CODE:
+        return None
+    overlap = _codes(counts_a, width) @ _codes(counts_b, width).T  # sum_c min(a_c, b_c), exact in float32
+    la = counts_a.sum(axis=1, dtype=np.int64)
+    lb = counts_b.sum(axis=1, dtype=np.int64)
+    return la[:, None] + lb[None, :] - 2 * np.rint(overlap).astype(np.int64)
+
+
+# ---------------------------------------------------------------- member index
+
+
+class _Members:
+    """Samples indexed by (own leader, clipped distance to it): a cluster's members in a
+    distance window are one contiguous slice, found by two table lookups."""
+
+    def __init__(self, ids: np.ndarray, own: np.ndarray, r: np.ndarray, lengths: np.ndarray, n_leaders: int,
+                 amin: np.ndarray, amax: np.ndarray):
+        # leader-major copies: a probe gathers its own leader's row, contiguous
+        self.amin_t = np.ascontiguousarray(amin[:n_leaders, :n_leaders].T).astype(np.int16)
+        self.amax_t = np.ascontiguousarray(amax[:n_leaders, :n_leaders].T).astype(np.int16)
+        key = own[ids].astype(np.int64) * (CLIP + 1) + r[ids]
+        order = np.argsort(key, kind="stable")
+        self.ids = ids[order]
+        self.r = r[self.ids].astype(np.int32)
+        self.n_leaders = n_leaders
+        self.cum = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=n_leaders * (CLIP + 1))))).astype(np.int32)
+        self.len_max = np.full(n_leaders, -1, dtype=np.int64)
+        if len(ids):
+            np.maximum.at(self.len_max, own[ids], lengths[ids])
+
+    def cluster(self, k: int) -> slice:
+        return slice(int(self.cum[k * (CLIP + 1)]), int(self.cum[(k + 1) * (CLIP + 1)]))
 
 
 # ---------------------------------------------------------------- the engine
@@ -228,12 +230,13 @@ def dedupe_processed(
     *,
     run_jobs: JobRunner | None = None,
     workers: int = 0,
-    block: int = BLOCK,
+    block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Verdicts:
     """Dedupe already-``default_process``ed texts; the first ``n_fixed`` are always kept.
 
     ``progress(samples_done, pairs_verified_so_far)`` is called after each block.
+    ``block`` fixes the block size (tests use tiny ones); by default it adapts.
     """
     if not 0 <= threshold <= 100:
         raise ValueError(f"threshold {threshold} outside 0-100")
@@ -241,161 +244,323 @@ def dedupe_processed(
     if run_jobs is None:
         run_jobs, close = thread_runner(workers)
     try:
-        return _dedupe(texts, float(threshold), n_fixed, run_jobs, workers, block, progress)
+        return _Engine(texts, float(threshold), n_fixed, run_jobs, workers, block, progress).run()
     finally:
         close()
 
 
-def _dedupe(texts, threshold, n_fixed, run_jobs, workers, block, progress) -> Verdicts:
-    n = len(texts)
-    matched = np.full(n, -1, dtype=np.int64)
-    score = np.zeros(n, dtype=np.float64)
-    exact = np.zeros(n, dtype=bool)
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-    first: dict[str, int] = {}
-    splitter = Splitter()
-    parts: list[list[str]] = [[""] * n for _ in range(PARTS)]
+class _Engine:
+    def __init__(self, texts, threshold, n_fixed, run_jobs, workers, block, progress):
+        self.texts, self.threshold, self.n_fixed = texts, threshold, n_fixed
+        self.run_jobs, self.fixed_block, self.progress = run_jobs, block, progress
+        self.cd_workers = workers or -1
+        n_threads = workers or os.cpu_count() or 1
+        self.pool = None
+        if n_threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-    def job(probe_ids: Sequence[int], member_ids: Sequence[int]) -> Job:
-        return ([texts[i] for i in probe_ids], [[p[i] for i in probe_ids] for p in parts],
-                [texts[j] for j in member_ids], [[p[j] for j in member_ids] for p in parts], threshold)
+            self.pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-search")
+        n = self.n = len(texts)
+        self.matched = np.full(n, -1, dtype=np.int64)
+        self.score = np.zeros(n, dtype=np.float64)
+        self.exact = np.zeros(n, dtype=bool)
+        self.lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        longest = int(self.lengths.max()) if n else 0
+        self.table = max_indel(np.arange(2 * longest + 2), threshold)
+        self.table32 = self.table.astype(np.int32)
+        self.table16 = np.minimum(self.table, 1 << 14).astype(np.int16)  # windows are clipped to CLIP anyway
+        self.cap = max(1, min(MAX_LEADERS, max(16, n // LEADER_EVERY)))
+        # bigger blocks at scale: per-block work (index, member codes) is paid per block
+        self.max_block = max(BLOCK, n // 16)
+        self.dist = np.zeros((n, self.cap), dtype=np.uint8)  # clipped distance to every leader
+        self.own = np.zeros(n, dtype=np.int64)
+        self.r = np.zeros(n, dtype=np.uint8)  # clipped distance to the own leader
+        self.counts = np.zeros((n, CLASSES), dtype=np.uint16)
+        self.classes = _Classes()
+        self.leaders: list[int] = []
+        self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order
+        # per cluster and leader: the smallest and largest clipped distance of a kept member
+        # to that leader, so a probe skips clusters whose members are all too far from its own
+        self.amin = np.full((self.cap, self.cap), CLIP, dtype=np.uint8)
+        self.amax = np.zeros((self.cap, self.cap), dtype=np.uint8)
+        self.pairs_verified = 0
+        self.pairs_bounded = 0
 
-    pivots: list[str] = []  # the leaders' texts
-    pivot_len = np.zeros(0, dtype=np.int64)
-    clusters: list[_Cluster] = []
-    pairs = 0
-    scored = 0
-    cd_workers = workers or -1
+    # -- pivots
 
-    for start in range(0, n, block):
-        end = min(n, start + block)
-        # 1. exact copies of a sample kept in an earlier block: hash lookup, no scoring
-        active: list[int] = []
-        for i in range(start, end):
-            j = first.setdefault(texts[i], i)
-            if j < start and i >= n_fixed and matched[j] < 0:
-                matched[i], score[i], exact[i] = j, 100.0, True
-            else:
-                active.append(i)
-        if not active:
-            if progress:
-                progress(end, pairs)
-            continue
-        act = np.asarray(active, dtype=np.int64)
-        act_texts = [texts[i] for i in active]
+    def _cdist(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=self.cd_workers)
+
+    def _pivots(self, act: np.ndarray) -> np.ndarray:
+        """Distances of this block's samples to every leader (new leaders included), exact int32.
+
+        The rule is sequential (the first sample farther than RHO from every
+        leader becomes one), but a single leader's column scores on one core
+        only, so up to LEADER_BATCH far samples are sifted among themselves
+        first and the new leaders' columns are computed together: the same
+        leaders as one at a time.
+        """
+        texts, lengths = self.texts, self.lengths
+        act_texts = [texts[i] for i in act.tolist()]
         act_len = lengths[act]
-        splitter.learn(act_texts)
-        act_parts = splitter.split(act_texts)
-        for p, ap in zip(parts, act_parts):
-            for i, t in zip(active, ap):
-                p[i] = t
-
-        # 2. distances to the pivots (leader prefixes); a sample far from every
-        #    pivot founds a new cluster and is its leader
-        A = len(active)
-        D = np.zeros((A, MAX_LEADERS), dtype=np.int64)
-        best = np.full(A, np.inf)
-        assign = np.zeros(A, dtype=np.int64)
-        if len(pivot_len):
-            D[:, : len(pivot_len)] = process.cdist(pivots, act_texts, scorer=Indel.distance, processor=None,
-                                                   dtype=np.int32, workers=cd_workers).T
-            spread = _spread(D[:, : len(pivot_len)], act_len[:, None], pivot_len[None, :])
-            assign = spread.argmin(axis=1)
-            best = spread[np.arange(A), assign]
+        A = len(act)
+        full = np.zeros((A, self.cap), dtype=np.int32)
+        P = len(self.leaders)
+        if P:
+            full[:, :P] = self._cdist(act_texts, [texts[p] for p in self.leaders])
+            spread = (full[:, :P] / np.maximum(act_len[:, None] + lengths[self.leaders][None, :], 1)).min(axis=1)
+        else:
+            spread = np.full(A, np.inf)
         row = 0
-        while len(pivot_len) < MAX_LEADERS:
-            far = np.flatnonzero(best[row:] > RHO)
+        while len(self.leaders) < self.cap:
+            far = np.flatnonzero(spread[row:] > RHO)[:LEADER_BATCH] + row
             if not len(far):
                 break
-            row += int(far[0])  # the first sample no leader covers becomes one
-            P = len(pivot_len)
-            pivots.append(act_texts[row])
-            pivot_len = np.append(pivot_len, act_len[row])
-            clusters.append(_Cluster())
-            # every row needs its distance to the new pivot: the bounds use it
-            D[:, P] = process.cdist([act_texts[row]], act_texts, scorer=Indel.distance, processor=None,
-                                    dtype=np.int32, workers=cd_workers)[0]
-            spread = _spread(D[:, P], act_len, act_len[row])
-            better = spread < best
-            best[better], assign[better] = spread[better], P
-            row += 1
-        P = len(pivot_len)
-        D = D[:, :P]
-        r_self = D[np.arange(A), assign]
+            among = self._cdist([act_texts[x] for x in far.tolist()], [act_texts[x] for x in far.tolist()])
+            among = among / np.maximum(act_len[far][:, None] + act_len[far][None, :], 1)
+            chosen: list[int] = []
+            for x in range(len(far)):
+                if len(self.leaders) + len(chosen) >= self.cap:
+                    break
+                if all(among[x, y] > RHO for y in chosen):
+                    chosen.append(x)
+            if not chosen:
+                break
+            new = far[chosen]
+            k0 = len(self.leaders)
+            self.leaders.extend(act[new].tolist())
+            cols = self._cdist(act_texts, [act_texts[x] for x in new.tolist()])
+            full[:, k0:k0 + len(new)] = cols
+            spread = np.minimum(spread, (cols / np.maximum(act_len[:, None] + act_len[new][None, :], 1)).min(axis=1))
+            if len(self.kept):  # earlier members need them too: the probe-side bound reads them
+                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], [act_texts[x] for x in new.tolist()]), CLIP)
+                self.dist[self.kept, k0:k0 + len(new)] = back
+                for c in range(len(new)):
+                    np.minimum.at(self.amin[:, k0 + c], self.own[self.kept], back[:, c])
+                    np.maximum.at(self.amax[:, k0 + c], self.own[self.kept], back[:, c])
+            # a far sample of the batch that was not chosen is within RHO of a new leader,
+            # so the walk goes on after the last one chosen, as it would one at a time
+            row = int(far[chosen[-1]]) + 1
+        return full[:, : len(self.leaders)]
 
-        # 3. which clusters can hold a match for each probe: bounds over the
-        #    cluster's kept members and this block's members together
-        r_min = np.array([c.r_min for c in clusters], dtype=np.int64)
-        r_max = np.array([c.r_max for c in clusters], dtype=np.int64)
-        l_min = np.array([c.len_min for c in clusters], dtype=np.int64)
-        l_max = np.array([c.len_max for c in clusters], dtype=np.int64)
-        for k in np.unique(assign):
-            sel = assign == k
-            r_min[k] = min(r_min[k], r_self[sel].min())
-            r_max[k] = max(r_max[k], r_self[sel].max())
-            l_min[k] = min(l_min[k], act_len[sel].min())
-            l_max[k] = max(l_max[k], act_len[sel].max())
-        probe_rows = np.flatnonzero(act >= n_fixed)
-        ok = np.zeros((A, P), dtype=bool)
-        if len(probe_rows):
-            pl = act_len[probe_rows][:, None]
-            dmx = max_indel(pl + l_max[None, :], threshold)  # a bound for every member of the cluster
-            Dp = D[probe_rows]
-            ok[probe_rows] = ((Dp - r_max[None, :] <= dmx) & (r_min[None, :] - Dp <= dmx)
-                              & (pl - l_max[None, :] <= dmx) & (l_min[None, :] - pl <= dmx))
-        jobs: list[Job] = []
-        owners: list[tuple[np.ndarray, np.ndarray]] = []  # global ids of each job's probes and members
-        for k in np.flatnonzero(ok.any(axis=0)):
-            cl = clusters[k]
-            full = D[:, k]
-            rows = np.flatnonzero(ok[:, k])
-            if not len(rows):
+    # -- candidates
+
+    def _same_cluster(self, probes: np.ndarray, members: np.ndarray, out: list) -> None:
+        """Probes of one cluster × members of the same cluster, densely: pivot window, length and bag bound."""
+        if not len(members) or not len(probes):
+            return
+        lp, lm = self.lengths[probes], self.lengths[members]
+        tau = self.table[lp[:, None] + lm[None, :]]
+        ok = np.abs(self.r[probes].astype(np.int64)[:, None] - self.r[members].astype(np.int64)[None, :]) <= tau
+        ok &= np.abs(lp[:, None] - lm[None, :]) <= tau
+        ok &= members[None, :] < probes[:, None]
+        if not ok.any():
+            return
+        bag = bag_distances(self.counts[probes], self.counts[members])
+        bounded = int(ok.sum())
+        if bag is not None:
+            ok &= bag <= tau
+        rows, cols = np.nonzero(ok)
+        out.append((probes[rows], members[cols], bounded))
+
+    def _windows(self, probes: np.ndarray, pdist: np.ndarray, len_max: np.ndarray) -> tuple:
+        """The pivot window of every probe × cluster, shared by both member sets.
+
+        ``len_max`` is the longest member of each cluster (either set), so the
+        window half-width is max_indel for the longest pair the probe can form.
+        """
+        K = pdist.shape[1]
+        lp = self.lengths[probes].astype(np.int32)
+        dp = np.minimum(pdist, CLIP).astype(np.int16)
+        own = self.own[probes]
+        w = self.table16[lp[:, None] + np.maximum(len_max[None, :K], 0)]
+        lo = dp - w
+        np.maximum(lo, 0, out=lo)
+        hi = dp + w
+        np.minimum(hi, CLIP, out=hi)
+        base = (np.arange(K, dtype=np.int32) * (CLIP + 1))[None, :]
+        da = dp[np.arange(len(probes)), own][:, None]
+        return probes, lp, dp, own, da, base + lo, base + hi + 1, da + w, da - w
+
+    def _other_clusters(self, win: tuple, mem: _Members, out: list) -> None:
+        """Probes × members of every *other* cluster, through the pivot windows (no scan of the rest).
+
+        Three tests, each a triangle inequality that no pair within the
+        threshold can fail: the member's distance to its own leader must lie
+        within max_indel of the probe's distance to that leader (a slice of the
+        index, found by table lookups); and for the probe's own leader, first
+        the cluster's whole range of member distances to it, then each
+        member's own distance, must lie within max_indel of the probe's.
+        """
+        probes, lp, dp, own, da, at_lo, at_hi, da_hi, da_lo = win
+        if not len(mem.ids) or not len(probes):
+            return
+        start = mem.cum[at_lo]
+        count = mem.cum[at_hi] - start
+        count[np.arange(len(probes)), own] = 0  # the own cluster is done densely
+        count[(da_hi < mem.amin_t[own]) | (da_lo > mem.amax_t[own])] = 0
+        rows, ks = np.nonzero(count)
+        if not len(rows):
+            return
+        cnt = count[rows, ks]
+        starts = start[rows, ks]
+        # expand in chunks of about EXPAND_PAIRS pairs
+        ends = np.cumsum(cnt)
+        cut = np.searchsorted(ends, np.arange(EXPAND_PAIRS, int(ends[-1]), EXPAND_PAIRS), side="right")
+        for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [len(cnt)])).tolist()):
+            if a >= b:
                 continue
-            rows = rows[np.argsort(full[rows], kind="stable")]  # narrow windows per job
-            bm = np.flatnonzero(assign == k)
-            for s in range(0, len(rows), JOB_PROBES):
-                chunk = rows[s:s + JOB_PROBES]
-                lo, hi = int(full[chunk].min()), int(full[chunk].max())
-                w = int(max_indel(act_len[chunk].max() + l_max[k], threshold))
-                chunk_ids = act[chunk]
-                if cl.r_max >= 0:  # kept members from earlier blocks
-                    m_ids = cl.window(lo - w, hi + w)
-                    if m_ids:
-                        jobs.append(job(chunk_ids.tolist(), m_ids))
-                        owners.append((chunk_ids, np.asarray(m_ids, dtype=np.int64)))
-                # this block's members of the cluster that come before some probe of the chunk
-                mem = bm[(bm < chunk.max()) & (full[bm] >= lo - w) & (full[bm] <= hi + w)]
-                if len(mem):
-                    jobs.append(job(chunk_ids.tolist(), act[mem].tolist()))
-                    owners.append((chunk_ids, act[mem]))
-        pairs += sum(len(j[0]) * len(j[2]) for j in jobs)
-        results = run_jobs(jobs) if jobs else []
+            c = cnt[a:b]
+            first = np.cumsum(c) - c
+            pos = np.repeat(starts[a:b] - first, c) + np.arange(int(c.sum()), dtype=np.int32)
+            pr = np.repeat(rows[a:b], c)
+            m = mem.ids[pos]
+            la, lb = lp[pr], self.lengths[m]
+            tau = self.table32[la + lb]
+            ok = (np.abs(dp[pr, np.repeat(ks[a:b], c)] - mem.r[pos]) <= tau) & (np.abs(la - lb) <= tau)
+            ok &= m < probes[pr]
+            ok &= np.abs(da[pr, 0] - self.dist[m, own[pr]]) <= tau
+            pr, m, tau = pr[ok], m[ok], tau[ok]
+            if not len(m):
+                continue
+            p = probes[pr]
+            bag = np.abs(self.counts[p].astype(np.int32) - self.counts[m]).sum(axis=1)
+            ok = bag <= tau
+            out.append((p[ok], m[ok], len(p)))
+
+    def _run(self, tasks: list[tuple]) -> None:
+        """Candidate searches on the thread pool: numpy and BLAS release the GIL."""
+        if self.pool is None or len(tasks) < 2:
+            for fn, *args in tasks:
+                fn(*args)
+            return
+        for _ in self.pool.map(lambda t: t[0](*t[1:]), tasks):
+            pass
+
+    def _groups(self, probes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Probes by own leader: (leader, probes in input order)."""
+        if not len(probes):
+            return []
+        order = np.argsort(self.own[probes], kind="stable")
+        cuts = np.flatnonzero(np.diff(self.own[probes][order])) + 1
+        return [(int(self.own[probes[g[0]]]), probes[g]) for g in np.split(order, cuts)]
+
+    def _verify(self, found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores candidate pairs with rapidfuzz: (probe, member, score) for those >= threshold."""
+        texts = self.texts
+        self.pairs_bounded += sum(f[2] for f in found)
+        mi = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
+        mj = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
+        self.pairs_verified += len(mi)
+        jobs = [([texts[i] for i in mi[s:s + JOB_PAIRS].tolist()], [texts[j] for j in mj[s:s + JOB_PAIRS].tolist()],
+                 self.threshold) for s in range(0, len(mi), JOB_PAIRS)]
+        results = self.run_jobs(jobs) if jobs else []
+        hit = np.concatenate([r[0] + s * JOB_PAIRS for s, r in enumerate(results)]) if results else np.zeros(0, dtype=np.int64)
+        ms = np.concatenate([r[1] for r in results]) if results else np.zeros(0)
+        return mi[hit], mj[hit], ms
+
+    # -- the walk
+
+    def run(self) -> Verdicts:
+        texts, n = self.texts, self.n
+        first: dict[str, int] = {}
+        start = 0
+        while start < n:
+            end = min(n, start + self._block_size())
+            # 1. exact copies of a sample kept in an earlier block: hash lookup, no scoring
+            active: list[int] = []
+            for i in range(start, end):
+                j = first.setdefault(texts[i], i)
+                if j < start and i >= self.n_fixed and self.matched[j] < 0:
+                    self.matched[i], self.score[i], self.exact[i] = j, 100.0, True
+                else:
+                    active.append(i)
+            if active:
+                self._block(np.asarray(active, dtype=np.int64))
+            if self.progress:
+                self.progress(end, self.pairs_verified)
+            start = end
+        if self.pool is not None:
+            self.pool.shutdown()
+        return Verdicts(self.matched, self.score, self.exact, self.pairs_verified, self.pairs_bounded, len(self.leaders))
+
+    def _block_size(self) -> int:
+        """About as many samples as are kept so far (within bounds).
+
+        A block meets the kept samples of earlier blocks and itself; when most
+        samples are dropped (a generator stuck on a few patterns) the kept set
+        stays small, and a big block would be mostly pairs within the block,
+        among samples the kept ones would have dropped first.
+        """
+        if self.fixed_block:
+            return max(1, self.fixed_block)
+        return int(min(self.max_block, max(MIN_BLOCK, 4 * len(self.kept))))
+
+    def _block(self, act: np.ndarray) -> None:
+        texts = self.texts
+        self.counts[act] = self.classes.counts([texts[i] for i in act.tolist()])
+        full = self._pivots(act)
+        P = full.shape[1]
+        spread = full / np.maximum(self.lengths[act][:, None] + self.lengths[self.leaders][None, :], 1)
+        own = spread.argmin(axis=1)
+        self.own[act] = own
+        self.dist[act, :P] = np.minimum(full, CLIP)
+        self.r[act] = self.dist[act, own]
+
+        # 2. candidates: probes (not the fixed samples) against the kept members of
+        #    earlier blocks first; a probe that matches one of them is dropped for sure,
+        #    so it never needs to be a member for the rest of this block
+        is_probe = act >= self.n_fixed
+        probes, pdist = act[is_probe], full[is_probe]
+        store = _Members(self.kept, self.own, self.r, self.lengths, P, self.amin, self.amax)
+        groups = self._groups(probes)
+        found: list[tuple[np.ndarray, np.ndarray, int]] = []
+        tasks = [(self._same_cluster, pk, store.ids[store.cluster(k)], found) for k, pk in groups]
+        len_max = np.full(P, -1, dtype=np.int64)
+        np.maximum.at(len_max, self.own[act], self.lengths[act])
+        len_max = np.maximum(len_max, store.len_max)
+        wins = [self._windows(probes[s:s + CHUNK], pdist[s:s + CHUNK], len_max) for s in range(0, len(probes), CHUNK)]
+        self._run(tasks + [(self._other_clusters, win, store, found) for win in wins])
+        hits = self._verify(found)
+        members = act if not len(hits[0]) else act[~np.isin(act, hits[0])]
+        order = np.argsort(self.own[members], kind="stable")
+        mem_sorted = members[order]
+        starts = np.flatnonzero(np.diff(self.own[mem_sorted], prepend=-1))
+        amin = np.full((P, P), CLIP, dtype=np.uint8)
+        amax = np.zeros((P, P), dtype=np.uint8)
+        if len(mem_sorted):
+            rows = self.dist[mem_sorted, :P]
+            amin[self.own[mem_sorted[starts]]] = np.minimum.reduceat(rows, starts, axis=0)
+            amax[self.own[mem_sorted[starts]]] = np.maximum.reduceat(rows, starts, axis=0)
+        here = _Members(members, self.own, self.r, self.lengths, P, amin, amax)
+        found = []
+        tasks = []
+        for k, pk in groups:
+            blk = here.ids[here.cluster(k)]
+            tasks.append((self._same_cluster, pk, blk[blk < pk.max()], found))
+        self._run(tasks + [(self._other_clusters, win, here, found) for win in wins])
+        more = self._verify(found)
+        mi, mj, ms = (np.concatenate((x, y)) for x, y in zip(hits, more))
 
         # 4. resolve in input order: only kept samples can cause a drop
-        if results:
-            scored += sum(r[3] for r in results)
-            mi = np.concatenate([owners[x][0][r[0]] for x, r in enumerate(results)])
-            mj = np.concatenate([owners[x][1][r[1]] for x, r in enumerate(results)])
-            ms = np.concatenate([r[2] for r in results])
-            keep = mj < mi
-            mi, mj, ms = mi[keep], mj[keep], ms[keep]
-        if results and len(mi):
+        if len(mi):
             order = np.lexsort((mj, -ms, mi))  # by probe, then best score, then earliest
             mi, mj, ms = mi[order], mj[order], ms[order]
-            bounds = np.flatnonzero(np.diff(mi)) + 1
-            starts = np.concatenate(([0], bounds))
-            stops = np.concatenate((bounds, [len(mi)]))
-            for a, b in zip(starts.tolist(), stops.tolist()):
+            cuts = np.flatnonzero(np.diff(mi)) + 1
+            for a, b in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [len(mi)])).tolist()):
                 i = int(mi[a])
                 for x in range(a, b):
                     j = int(mj[x])
-                    if matched[j] < 0:  # kept (earlier blocks hold only kept members)
-                        matched[i], score[i] = j, float(ms[x])
-                        exact[i] = texts[i] == texts[j]
+                    if self.matched[j] < 0:  # kept (earlier blocks hold only kept members)
+                        self.matched[i], self.score[i] = j, float(ms[x])
+                        self.exact[i] = texts[i] == texts[j]
                         break
-        for row, i in enumerate(active):
-            if matched[i] < 0:
-                clusters[int(assign[row])].add(int(r_self[row]), int(act_len[row]), i)
-        if progress:
-            progress(end, pairs)
-    return Verdicts(matched, score, exact, pairs, scored)
+        new = act[self.matched[act] < 0]
+        self.kept = np.concatenate((self.kept, new))
+        if len(new):
+            new = new[np.argsort(self.own[new], kind="stable")]
+            starts = np.flatnonzero(np.diff(self.own[new], prepend=-1))
+            ks = self.own[new[starts]]
+            rows = self.dist[new, :P]
+            self.amin[ks, :P] = np.minimum(self.amin[ks, :P], np.minimum.reduceat(rows, starts, axis=0))
+            self.amax[ks, :P] = np.maximum(self.amax[ks, :P], np.maximum.reduceat(rows, starts, axis=0))
