@@ -77,7 +77,7 @@ MAX_CODE = 1024
 # Pairs per verification job and per candidate-expansion chunk.
 JOB_PAIRS = 65536
 EXPAND_PAIRS = 1 << 22
-CHUNK = 8192  # probes per window computation
+CHUNK = 1024  # probes per window matrix: small enough to stay in cache
 # Verification asks rapidfuzz for scores a hair below the threshold, then keeps
 # score >= threshold itself: rapidfuzz's own cutoff test works on a normalised
 # similarity with its own rounding, and must not decide a boundary case.
@@ -183,15 +183,16 @@ def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
     return (counts[:, cols] > steps).astype(np.float32)
 
 
-def bag_distances(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray | None:
-    """``sum_c |a_c - b_c|`` for every row pair (a lower bound of indel), or None if the codes are too wide."""
+def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray | None:
+    """``sum_c min(a_c, b_c)`` for every row pair, or None if the codes would be too wide.
+
+    The bag distance, a lower bound of indel, is ``len_a + len_b - 2 * overlap``.
+    Exact in float32: a sum of 0/1 products far below 2**24.
+    """
     width = np.maximum(counts_a.max(axis=0, initial=0), counts_b.max(axis=0, initial=0)).astype(np.int64)
     if width.sum() > MAX_CODE:
         return None
-    overlap = _codes(counts_a, width) @ _codes(counts_b, width).T  # sum_c min(a_c, b_c), exact in float32
-    la = counts_a.sum(axis=1, dtype=np.int64)
-    lb = counts_b.sum(axis=1, dtype=np.int64)
-    return la[:, None] + lb[None, :] - 2 * np.rint(overlap).astype(np.int64)
+    return _codes(counts_a, width) @ _codes(counts_b, width).T
 
 
 # ---------------------------------------------------------------- member index
@@ -268,6 +269,7 @@ class _Engine:
         longest = int(self.lengths.max()) if n else 0
         self.table = max_indel(np.arange(2 * longest + 2), threshold)
         self.table32 = self.table.astype(np.int32)
+        self.need32 = (np.arange(len(self.table)) - self.table).astype(np.float32)  # L - max_indel(L)
         self.table16 = np.minimum(self.table, 1 << 14).astype(np.int16)  # windows are clipped to CLIP anyway
         self.cap = max(1, min(MAX_LEADERS, max(16, n // LEADER_EVERY)))
         # bigger blocks at scale: per-block work (index, member codes) is paid per block
@@ -346,22 +348,22 @@ class _Engine:
     # -- candidates
 
     def _same_cluster(self, probes: np.ndarray, members: np.ndarray, out: list) -> None:
-        """Probes of one cluster × members of the same cluster, densely: pivot window, length and bag bound."""
+        """Probes of one cluster × members of the same cluster: the bag bound densely, as one
+        matrix product, then the pivot window, length and order on the few pairs it leaves."""
         if not len(members) or not len(probes):
             return
-        lp, lm = self.lengths[probes], self.lengths[members]
-        tau = self.table[lp[:, None] + lm[None, :]]
-        ok = np.abs(self.r[probes].astype(np.int64)[:, None] - self.r[members].astype(np.int64)[None, :]) <= tau
-        ok &= np.abs(lp[:, None] - lm[None, :]) <= tau
-        ok &= members[None, :] < probes[:, None]
-        if not ok.any():
-            return
-        bag = bag_distances(self.counts[probes], self.counts[members])
-        bounded = int(ok.sum())
-        if bag is not None:
-            ok &= bag <= tau
-        rows, cols = np.nonzero(ok)
-        out.append((probes[rows], members[cols], bounded))
+        lp, lm = self.lengths[probes].astype(np.int32), self.lengths[members].astype(np.int32)
+        overlap = bag_overlaps(self.counts[probes], self.counts[members])
+        if overlap is None:
+            rows, cols = np.nonzero(np.ones((len(probes), len(members)), dtype=bool))
+        else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
+            rows, cols = np.nonzero(2 * overlap >= self.need32[lp[:, None] + lm[None, :]])
+        la, lb = lp[rows], lm[cols]
+        tau = self.table32[la + lb]
+        p, m = probes[rows], members[cols]
+        ok = (m < p) & (np.abs(la - lb) <= tau)
+        ok &= np.abs(self.r[p].astype(np.int32) - self.r[m]) <= tau
+        out.append((p[ok], m[ok], len(probes) * len(members)))
 
     def _windows(self, probes: np.ndarray, pdist: np.ndarray, len_max: np.ndarray) -> tuple:
         """The pivot window of every probe × cluster, shared by both member sets.
@@ -395,10 +397,11 @@ class _Engine:
         probes, lp, dp, own, da, at_lo, at_hi, da_hi, da_lo = win
         if not len(mem.ids) or not len(probes):
             return
-        start = mem.cum[at_lo]
-        count = mem.cum[at_hi] - start
+        start = np.take(mem.cum, at_lo)  # np.take: several times faster than fancy indexing here
+        count = np.take(mem.cum, at_hi)
+        count -= start
+        count *= (da_hi >= np.take(mem.amin_t, own, axis=0)) & (da_lo <= np.take(mem.amax_t, own, axis=0))
         count[np.arange(len(probes)), own] = 0  # the own cluster is done densely
-        count[(da_hi < mem.amin_t[own]) | (da_lo > mem.amax_t[own])] = 0
         rows, ks = np.nonzero(count)
         if not len(rows):
             return
@@ -424,7 +427,7 @@ class _Engine:
             if not len(m):
                 continue
             p = probes[pr]
-            bag = np.abs(self.counts[p].astype(np.int32) - self.counts[m]).sum(axis=1)
+            bag = np.abs(self.counts[p].astype(np.int32) - self.counts[m]).sum(axis=1)  # few pairs: directly
             ok = bag <= tau
             out.append((p[ok], m[ok], len(p)))
 
