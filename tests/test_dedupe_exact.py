@@ -268,3 +268,24 @@ def test_long_samples_and_other_scripts():
     big = "".join(rng.choice("абвгдеёжз 漢字かな😀") for _ in range(100_000))
     texts = [default_process(t) for t in (big, big[:-50] + "x" * 50, "Привет мир", "привет, мир!", "漢字かな", "😀😀", "🎉")]
     assert_same(texts, 90)
+
+
+def test_bag_bound_never_exceeds_indel_even_with_folded_classes():
+    # More distinct characters than CLASSES fold together; the bound must stay below indel
+    # for every pair, or the engine would skip a pair that can match.
+    from rapidfuzz.distance import Indel
+
+    from pipeline.dedupe_index import CLASSES, _Classes, bag_overlaps
+
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(0x400, 0x400 + 3 * CLASSES)]
+    texts = ["".join(rng.choice(alphabet[: rng.randint(2, len(alphabet))]) for _ in range(rng.randint(0, 120)))
+             for _ in range(150)]
+    texts += [t[: len(t) // 2] + "x" + t[len(t) // 2:] for t in texts[:50]]  # near pairs too
+    counts = _Classes().counts(texts)
+    overlap = bag_overlaps(counts, counts)
+    lengths = np.array([len(t) for t in texts])
+    bag = lengths[:, None] + lengths[None, :] - 2 * overlap
+    indel = np.array([[Indel.distance(a, b) for b in texts] for a in texts])
+    assert (bag <= indel).all()
+    assert (bag[np.arange(150, 200), np.arange(50)] == 1).all()  # one inserted character: bound is tight
