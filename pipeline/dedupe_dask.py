@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from pipeline.dedupe_index import Job, JobResult, JobRunner, verify_job
 from pipeline.errors import UserError
 

@@ -198,6 +198,18 @@ def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray | Non
 # ---------------------------------------------------------------- member index
 
 
+def _widen_ranges(amin: np.ndarray, amax: np.ndarray, own: np.ndarray, values: np.ndarray, cols: slice) -> None:
+    """Widens each cluster's [amin, amax] (columns ``cols``) to cover its rows of ``values``."""
+    if not len(own):
+        return
+    order = np.argsort(own, kind="stable")
+    own_sorted, values = own[order], values[order]
+    starts = np.flatnonzero(np.diff(own_sorted, prepend=-1))
+    ks = own_sorted[starts]
+    amin[ks, cols] = np.minimum(amin[ks, cols], np.minimum.reduceat(values, starts, axis=0))
+    amax[ks, cols] = np.maximum(amax[ks, cols], np.maximum.reduceat(values, starts, axis=0))
+
+
 class _Members:
     """Samples indexed by (own leader, clipped distance to it): a cluster's members in a
     distance window are one contiguous slice, found by two table lookups."""
@@ -267,10 +279,10 @@ class _Engine:
         self.exact = np.zeros(n, dtype=bool)
         self.lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
         longest = int(self.lengths.max()) if n else 0
-        self.table = max_indel(np.arange(2 * longest + 2), threshold)
-        self.table32 = self.table.astype(np.int32)
-        self.need32 = (np.arange(len(self.table)) - self.table).astype(np.float32)  # L - max_indel(L)
-        self.table16 = np.minimum(self.table, 1 << 14).astype(np.int16)  # windows are clipped to CLIP anyway
+        table = max_indel(np.arange(2 * longest + 2), threshold)  # by total length L
+        self.table32 = table.astype(np.int32)
+        self.table16 = np.minimum(table, 1 << 14).astype(np.int16)  # windows are clipped to CLIP anyway
+        self.need32 = (np.arange(len(table)) - table).astype(np.float32)  # L - max_indel(L)
         self.cap = max(1, min(MAX_LEADERS, max(16, n // LEADER_EVERY)))
         # bigger blocks at scale: per-block work (index, member codes) is paid per block
         self.max_block = max(BLOCK, n // 16)
@@ -337,9 +349,7 @@ class _Engine:
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
                 back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], [act_texts[x] for x in new.tolist()]), CLIP)
                 self.dist[self.kept, k0:k0 + len(new)] = back
-                for c in range(len(new)):
-                    np.minimum.at(self.amin[:, k0 + c], self.own[self.kept], back[:, c])
-                    np.maximum.at(self.amax[:, k0 + c], self.own[self.kept], back[:, c])
+                _widen_ranges(self.amin, self.amax, self.own[self.kept], back, slice(k0, k0 + len(new)))
             # a far sample of the batch that was not chosen is within RHO of a new leader,
             # so the walk goes on after the last one chosen, as it would one at a time
             row = int(far[chosen[-1]]) + 1
@@ -526,15 +536,9 @@ class _Engine:
         self._run(tasks + [(self._other_clusters, win, store, found) for win in wins])
         hits = self._verify(found)
         members = act if not len(hits[0]) else act[~np.isin(act, hits[0])]
-        order = np.argsort(self.own[members], kind="stable")
-        mem_sorted = members[order]
-        starts = np.flatnonzero(np.diff(self.own[mem_sorted], prepend=-1))
         amin = np.full((P, P), CLIP, dtype=np.uint8)
         amax = np.zeros((P, P), dtype=np.uint8)
-        if len(mem_sorted):
-            rows = self.dist[mem_sorted, :P]
-            amin[self.own[mem_sorted[starts]]] = np.minimum.reduceat(rows, starts, axis=0)
-            amax[self.own[mem_sorted[starts]]] = np.maximum.reduceat(rows, starts, axis=0)
+        _widen_ranges(amin, amax, self.own[members], self.dist[members, :P], slice(0, P))
         here = _Members(members, self.own, self.r, self.lengths, P, amin, amax)
         found = []
         tasks = []
@@ -560,10 +564,4 @@ class _Engine:
                         break
         new = act[self.matched[act] < 0]
         self.kept = np.concatenate((self.kept, new))
-        if len(new):
-            new = new[np.argsort(self.own[new], kind="stable")]
-            starts = np.flatnonzero(np.diff(self.own[new], prepend=-1))
-            ks = self.own[new[starts]]
-            rows = self.dist[new, :P]
-            self.amin[ks, :P] = np.minimum(self.amin[ks, :P], np.minimum.reduceat(rows, starts, axis=0))
-            self.amax[ks, :P] = np.maximum(self.amax[ks, :P], np.maximum.reduceat(rows, starts, axis=0))
+        _widen_ranges(self.amin, self.amax, self.own[new], self.dist[new, :P], slice(0, P))
