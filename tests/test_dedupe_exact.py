@@ -136,32 +136,18 @@ def test_bench_corpora_equal_brute_force(monkeypatch):
             assert_same(texts, threshold, block=128)
 
 
-def cdist_reference(texts: list[str], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The contract with every pair scored by rapidfuzz.process.cdist: fast enough for thousands."""
-    from rapidfuzz import process
-
-    scores = process.cdist(texts, texts, scorer=fuzz.ratio, processor=None, dtype=np.float64, workers=-1)
-    matched = np.full(len(texts), -1)
-    best = np.zeros(len(texts))
-    for i in range(len(texts)):
-        cols = np.flatnonzero((scores[i, :i] >= threshold) & (matched[:i] < 0))
-        if len(cols):
-            j = cols[np.argmax(scores[i, cols])]  # first maximum: the earliest on a tie
-            matched[i], best[i] = j, scores[i, j]
-    return matched, best
-
-
 @pytest.mark.parametrize("kind", ["realistic", "hostile"])
 def test_default_blocks_and_new_leaders_equal_brute_force(monkeypatch, kind):
     # Several adaptive blocks, leaders founded in later blocks (their distances
     # filled in for earlier kept samples), the probe-side cluster ranges and
     # both member sets: all on the default path, against every pair scored.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench.bench_dedupe import brute_force  # every pair scored with cdist, then the contract in order
     from bench.corpus import make_corpus
 
     texts = [default_process(t) for t in make_corpus(5000, kind, seed=11)]
     v = dedupe_processed(texts, 90.0)
-    matched, best = cdist_reference(texts, 90.0)
+    matched, best = brute_force(texts, 90.0)
     assert (v.matched == matched).all()
     assert (v.score == best).all()
     assert 0 < (matched >= 0).sum() < len(texts)
