@@ -28,7 +28,7 @@ from pipeline import paths
 from pipeline.decisions import ReviewState, load_states
 from pipeline.errors import UserError
 from pipeline.params import BuildParams, Params
-from pipeline.records import atomic_writer, body_kind, dumps, read_records, write_json
+from pipeline.records import atomic_writer, body_kind, dumps, editable_turn, read_records, write_json
 
 MAX_EXAMPLE_IDS = 5
 
@@ -56,8 +56,7 @@ def apply_review(record: dict, state: ReviewState | None) -> dict:
             out["completion"] = state.text
         else:
             messages = [dict(m) for m in record["messages"]]
-            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages) - 1)
-            messages[last]["content"] = state.text
+            messages[editable_turn(messages)]["content"] = state.text
             out["messages"] = messages
     out["meta"] = meta
     return out

@@ -16,7 +16,6 @@ silently dropped, and the log ends on a whole line again.
 from __future__ import annotations
 
 import getpass
-import io
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.records import RecordError, append_jsonl, iter_jsonl, reject_bom
+from pipeline.records import RecordError, append_jsonl, iter_jsonl, parse_line, reject_bom
 
 ACTIONS = ("accept", "reject", "edit", "tag", "undo")
 
@@ -237,8 +236,7 @@ class DecisionLog:
                 self._apply(rid, m.group(2).decode("ascii"), None)
                 touched.append(rid)
             elif data[at:nl].strip():
-                [(_, obj)] = iter_jsonl(self.path, start_line=lineno, fh=io.BytesIO(data[at:nl + 1]))
-                d = check_decision(obj, self.path, lineno)
+                d = check_decision(parse_line(data[at:nl], self.path, lineno), self.path, lineno)
                 self._apply(d["id"], d["action"], d)
                 touched.append(d["id"])
             at = nl + 1
@@ -311,17 +309,6 @@ class DecisionLog:
         if isinstance(value, str):
             return "accepted" if value == "a" else "rejected"
         return _replay_compact(value)[0]
-
-    def summaries(self) -> Iterator[tuple[str, str, bool, bool]]:
-        """(id, status, edited, tagged) for every id the log mentions, cheaply."""
-        texts, tags = self.texts, self.tags
-        for rid, value in self.hist.items():
-            if value == "a":
-                yield rid, "accepted", False, False
-            elif value == "r":
-                yield rid, "rejected", False, False
-            else:
-                yield rid, _replay_compact(value)[0], rid in texts, rid in tags
 
     def state(self, rid: str) -> ReviewState | None:
         value = self.hist.get(rid)

@@ -172,6 +172,21 @@ def render_text(record: dict) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in record["messages"])
 
 
+def editable_turn(messages: list[dict]) -> int:
+    """Index of the turn an edit replaces: the last assistant turn, else the last turn."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages) - 1)
+
+
+def editable_text(record: dict) -> str:
+    """The part of a record an edit (or a rewrite) replaces: the text, the completion, or ``editable_turn``."""
+    kind = body_kind(record)
+    if kind == "text":
+        return record["text"]
+    if kind == "pair":
+        return record["completion"]
+    return record["messages"][editable_turn(record["messages"])]["content"]
+
+
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), type(value).__name__

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.decisions import DecisionLog, ReviewState, append_decisions
 from pipeline.errors import UserError
+from pipeline import records
 from pipeline.records import RecordError, body_kind, check_record, parse_line, reject_bom
 
 CHUNK = 8 << 20  # bytes scanned per batch: large enough for numpy, small for memory
@@ -102,17 +103,7 @@ def body_strings(record: dict) -> list[str]:
     return [m["content"] for m in record["messages"]]
 
 
-def editable_text(record: dict) -> str:
-    """The part of a record an edit replaces: the text, the completion, or the last assistant turn."""
-    kind = body_kind(record)
-    if kind == "text":
-        return record["text"]
-    if kind == "pair":
-        return record["completion"]
-    for m in reversed(record["messages"]):
-        if m["role"] == "assistant":
-            return m["content"]
-    return record["messages"][-1]["content"]
+editable_text = records.editable_text  # the review screen imports it from here
 
 
 # ---------------------------------------------------------------- line index
@@ -550,7 +541,7 @@ class ReviewQueue:
         memory speed; a regex engine over the same bytes is ten times slower.
         """
         idx = self.index
-        starts = self.index.starts[: len(self)]
+        starts = idx.starts[: len(self)]
         if fold_case:
             needles = [n.lower() for n in needles]
         pos = 0

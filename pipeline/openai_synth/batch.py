@@ -123,25 +123,19 @@ async def _collect(client, file_id: str, cache, budget: Budget, stats: RunStats)
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                stats.failed += 1
-                stats.failed_by_reason["batch_garbage"] += 1
+                stats.fail("batch_garbage")
                 continue
             key = item.get("custom_id")
             resp = item.get("response") or {}
             body = resp.get("body") if isinstance(resp, dict) else None
             if not key or item.get("error") or resp.get("status_code") != 200 or not isinstance(body, dict):
-                stats.failed += 1
-                stats.failed_by_reason["batch_error"] += 1
+                stats.fail("batch_error")
                 continue
             answer = answer_from_body(body, budget)
             if answer is None:
-                stats.failed += 1
-                stats.failed_by_reason["batch_garbage"] += 1
+                stats.fail("batch_garbage")
                 continue
-            stats.ok += 1
-            stats.prompt_tokens += answer["prompt_tokens"]
-            stats.completion_tokens += answer["completion_tokens"]
-            stats.cost_usd += answer["cost_usd"]
+            stats.paid(answer)
             cache.put(key, answer)
 
 

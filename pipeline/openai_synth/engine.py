@@ -46,6 +46,18 @@ class RunStats:
     retries_by_reason: Counter = field(default_factory=Counter)
     failed_by_reason: Counter = field(default_factory=Counter)
 
+    def fail(self, reason: str) -> None:
+        """One request given up on, counted by reason."""
+        self.failed += 1
+        self.failed_by_reason[reason] += 1
+
+    def paid(self, answer: dict) -> None:
+        """One answer bought in this run: its tokens and cost."""
+        self.ok += 1
+        self.prompt_tokens += answer["prompt_tokens"]
+        self.completion_tokens += answer["completion_tokens"]
+        self.cost_usd += answer["cost_usd"]
+
     def to_json(self) -> dict:
         return {
             "requests": {
@@ -259,7 +271,7 @@ class Engine:
                     if status == 429:
                         self.limiter.pause(wait if wait is not None else backoff(attempt, cfg.retry_base_s, cfg.retry_max_s, None, self.rng))
                 else:
-                    return self._failed(f"http_{status}")
+                    return self.stats.fail(f"http_{status}")
             except openai.APITimeoutError:
                 reason = "timeout"
             except openai.APIConnectionError as err:
@@ -272,23 +284,15 @@ class Engine:
             except (Garbage, ValueError, openai.APIResponseValidationError):
                 reason = "garbage"
             else:
-                self.stats.ok += 1
-                self.stats.prompt_tokens += answer["prompt_tokens"]
-                self.stats.completion_tokens += answer["completion_tokens"]
-                self.stats.cost_usd += answer["cost_usd"]
+                self.stats.paid(answer)
                 self.limiter.settle(reserve_tokens, answer["prompt_tokens"] + answer["completion_tokens"])
                 return answer
             if attempt == cfg.max_retries:
-                return self._failed(reason)
+                return self.stats.fail(reason)
             self.stats.retries += 1
             self.stats.retries_by_reason[reason] += 1
             await asyncio.sleep(backoff(attempt, cfg.retry_base_s, cfg.retry_max_s, wait, self.rng))
         return None  # unreachable: the loop returns on its last attempt
-
-    def _failed(self, reason: str) -> None:
-        self.stats.failed += 1
-        self.stats.failed_by_reason[reason] += 1
-        return None
 
     def _answer(self, req: Planned, response) -> dict:
         choices = getattr(response, "choices", None)

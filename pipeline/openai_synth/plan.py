@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.openai_synth.prompt_files import PromptFile, fill
-from pipeline.records import body_kind, read_records_lenient_ids
+from pipeline.records import editable_text, read_records_lenient_ids
 
 
 @dataclass(slots=True)
@@ -144,16 +144,6 @@ def rewrite_sources(pf: PromptFile) -> Iterator[dict]:
     return read_records_lenient_ids(path)
 
 
-def rewrite_text(record: dict) -> str:
-    """The part of a record that rewrite sends: the text, the completion, or the last assistant turn."""
-    kind = body_kind(record)
-    if kind == "text":
-        return record["text"]
-    if kind == "pair":
-        return record["completion"]
-    return next((m["content"] for m in reversed(record["messages"]) if m["role"] == "assistant"), record["messages"][-1]["content"])
-
-
 # ---------------------------------------------------------------- the plan
 
 
@@ -166,7 +156,7 @@ def _items(pf: PromptFile) -> Iterator[tuple[dict, dict, dict | None]]:
                    {"source": doc, "chunk": index}, None)
     elif pf.mode == "rewrite":
         for record in rewrite_sources(pf):
-            yield {"text": rewrite_text(record)}, {"rewritten_from": record["id"]}, record
+            yield {"text": editable_text(record)}, {"rewritten_from": record["id"]}, record
     elif pf.mode == "lines":
         yield {"n": pf.per_response}, {}, None
     elif pf.mode == "conversations":

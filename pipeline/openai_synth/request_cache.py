@@ -54,9 +54,6 @@ class RequestCache:
             (key, json.dumps(answer, ensure_ascii=False, separators=(",", ":")), time.time()),
         )
 
-    def keys(self) -> set[str]:
-        return {k for (k,) in self.db.execute("SELECT key FROM answers")}
-
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
