@@ -43,9 +43,9 @@ def peak_memory_mb(device: str) -> float:
 
 def one(folder: Path, quantization: str, device: str, steps: int, batch: int, seq: int, ckpt: bool) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    from pipeline.modeling import collate, load_base_model
+    from pipeline.modeling import collate, load_base_model, prepare_for_lora
 
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -54,12 +54,7 @@ def one(folder: Path, quantization: str, device: str, steps: int, batch: int, se
     model = load_base_model(folder, quantization, device)
     load_s = time.perf_counter() - t0
     weights_mb = torch.cuda.memory_allocated() / 2**20 if device == "cuda" else -1  # -1: not measured on the CPU
-    # The same preparation as the train stage (pipeline/train.py).
-    if quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt)
-    elif ckpt:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    model = prepare_for_lora(model, quantization, ckpt)  # the train stage's own preparation
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     model.train()  # transformers checkpoints only in training mode, as in the train stage
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

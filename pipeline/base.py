@@ -9,13 +9,11 @@ the config and saves a plain folder that reloads in under a second.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.modeling import BASE_INFO, BaseSource, quiet_libraries
+from pipeline.modeling import BASE_INFO, BaseSource, quiet_libraries, replace_dir
 from pipeline.params import Params
 
 
@@ -56,10 +54,7 @@ def run(params: Params, args: Any = None) -> int:
     name = params.train.base_model
     src = BaseSource.parse(name)
     final = paths.BASE_DIR
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the destination and swap in whole: a kill leaves the old folder or none.
-    tmp = Path(tempfile.mkdtemp(prefix=".base.", dir=final.parent))
-    try:
+    with replace_dir(final, prefix=".base.") as tmp:
         info = {"kind": src.kind, "source": src.source, "source_name": name}
         if src.kind == "gguf":
             print(f"base: converting {src.source} (GGUF) to a transformers folder ...")
@@ -69,11 +64,5 @@ def run(params: Params, args: Any = None) -> int:
             make_tiny(params, tmp)
             info["tiny"] = params.train.tiny.model_dump()
         (tmp / BASE_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"base: {name} → {final}/ ({src.kind})")
     return 0

@@ -13,14 +13,14 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.errors import UserError
+from pipeline.modeling import chat_text, encode_example, load_base_model, load_tokenizer, pick_device, quiet_libraries
 from pipeline.params import Params
 from pipeline.records import read_records, write_json, write_jsonl
+from pipeline.train import mean_loss
 
 
 def prompt_text(tok, user: str, params: Params) -> str:
     """An eval prompt rendered the way training rendered its examples."""
-    from pipeline.modeling import chat_text
-
     if params.build.format == "chat":
         system = [{"role": "system", "content": params.build.system_prompt}] if params.build.system_prompt else []
         return chat_text(tok, system + [{"role": "user", "content": user}], add_generation_prompt=True)
@@ -44,13 +44,8 @@ def generate(model, tok, prompts: list[str], ep, device: str) -> list[str]:
 
 
 def run(params: Params, args: Any = None) -> int:
-    from pipeline.modeling import quiet_libraries
-
     quiet_libraries()
     from peft import PeftModel
-
-    from pipeline.modeling import encode_example, load_base_model, load_tokenizer, pick_device
-    from pipeline.train import mean_loss
 
     ep, tp = params.eval, params.train
     if not (paths.ADAPTER_DIR / "adapter_config.json").exists():

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,24 @@ class BaseSource:
                 raise UserError(f"train.base_model: {name}: no such GGUF file")
             return cls("gguf", name)
         return cls("pretrained", name)
+
+
+@contextmanager
+def replace_dir(final: Path, prefix: str) -> Iterator[Path]:
+    """A temp folder beside ``final`` to build in; on success it replaces ``final`` whole.
+
+    A kill or an error leaves the old folder (or none), never half of one.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_base_info(base_dir: Path) -> dict:
@@ -285,6 +307,19 @@ def load_base_model(base_dir: Path, quantization: str = "none", device: str = "c
                         "Offline? Use a local folder or smollm2.") from None
     if qc is None:
         model.to(device)
+    return model
+
+
+def prepare_for_lora(model, quantization: str, gradient_checkpointing: bool):
+    """The base made ready for LoRA, as the train stage (and bench_qlora) need it."""
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA: frozen k-bit base, norms in float32, inputs that need grads.
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # the frozen embeddings must pass grads to checkpointed blocks
     return model
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
 from pipeline.errors import UserError
+from pipeline.modeling import (check_target_modules, collate, encode_example, load_base_model, load_tokenizer,
+                               pick_device, prepare_for_lora, quiet_libraries, read_base_info, replace_dir,
+                               train_tiny_tokenizer)
 from pipeline.params import Params
 from pipeline.records import read_records, render_text, write_json
 
@@ -70,8 +70,6 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
     """Token-weighted mean loss over the labelled tokens of ``examples``."""
     import torch
 
-    from pipeline.modeling import collate
-
     total, tokens = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -90,15 +88,10 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
 
 
 def run(params: Params, args: Any = None) -> int:
-    from pipeline.modeling import quiet_libraries
-
     quiet_libraries()
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
-
-    from pipeline.modeling import (check_target_modules, collate, encode_example, load_base_model,
-                                   load_tokenizer, pick_device, read_base_info, train_tiny_tokenizer)
 
     tp = params.train
     if tp.threads:
@@ -116,23 +109,19 @@ def run(params: Params, args: Any = None) -> int:
     # ---- tokenizer and base model
     info = read_base_info(paths.BASE_DIR)
     if info["kind"] == "tiny":
+        if tp.quantization != "none":
+            raise UserError("train.quantization: the tiny base is too small for bitsandbytes layers; use none")
         tok = train_tiny_tokenizer([render_text(r) for r in train_records], tp.tiny.vocab_size)
     else:
         tok = load_tokenizer(paths.BASE_DIR)
-    if tp.quantization != "none" and info["kind"] == "tiny":
-        raise UserError("train.quantization: the tiny base is too small for bitsandbytes layers; use none")
     model = load_base_model(paths.BASE_DIR, tp.quantization, device)
-    if tp.quantization != "none":
-        # QLoRA: frozen k-bit base, norms in float32, inputs that need grads.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tp.gradient_checkpointing)
-    elif tp.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()  # the frozen embeddings must pass grads to checkpointed blocks
+    model = prepare_for_lora(model, tp.quantization, tp.gradient_checkpointing)
     check_target_modules(model, tp.lora.target_modules)
     lora = LoraConfig(r=tp.lora.r, lora_alpha=tp.lora.alpha, lora_dropout=tp.lora.dropout,
                       target_modules=tp.lora.target_modules or None, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora_params = [p for p in model.parameters() if p.requires_grad]  # once: the step clips these
+    trainable = sum(p.numel() for p in lora_params)
     total_params = sum(p.numel() for p in model.parameters())
 
     # ---- data
@@ -142,8 +131,7 @@ def run(params: Params, args: Any = None) -> int:
     total_steps = tp.max_steps or max(1, math.ceil(steps_per_epoch * tp.epochs))
     warmup = int(total_steps * tp.warmup_ratio)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=tp.lr, weight_decay=tp.weight_decay)
+    optimizer = torch.optim.AdamW(lora_params, lr=tp.lr, weight_decay=tp.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
 
@@ -181,7 +169,7 @@ def run(params: Params, args: Any = None) -> int:
                 loss.backward()
                 step_loss += loss.item()
                 n_tokens += int(batch["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(lora_params, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
@@ -204,9 +192,7 @@ def run(params: Params, args: Any = None) -> int:
         raise
     # ---- save: build beside, then swap in whole
     out = paths.ADAPTER_DIR
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out.parent))
-    try:
+    with replace_dir(out, prefix=".adapter.") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         summary = {"base_model": tp.base_model, "quantization": tp.quantization, "device": device,
@@ -215,16 +201,8 @@ def run(params: Params, args: Any = None) -> int:
                    "trainable_params": trainable, "seconds": round(time.time() - started, 1),
                    "torch": torch.__version__}
         (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for key in ("quantization", "device", "base_model"):
+    for key in ("quantization", "device", "base_model", "trainable_params", "seconds"):
         live.summary[key] = summary[key]
-    live.summary["trainable_params"] = trainable
-    live.summary["seconds"] = summary["seconds"]
     live.end()
     status.update(status="finished", last_checkpoint=str(out))
     print(f"train: {total_steps} steps on {device} ({tp.quantization}), "

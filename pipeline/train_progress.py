@@ -121,8 +121,6 @@ def _read_json(path: Path) -> tuple[bool, Any]:
 def _num(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -199,8 +197,7 @@ class ProgressReader:
         if step is None and self._series:
             step = max(points[-1][0] for points in self._series.values() if points)
         p.step = step
-        epoch = p.value("train/epoch")
-        p.epoch = epoch
+        p.epoch = p.value("train/epoch")
         if p.updated_at is None:
             p.updated_at = self._newest_mtime()
         if p.status == "running" and p.updated_at and now - p.updated_at > STALE_AFTER_S:
