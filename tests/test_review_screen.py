@@ -32,6 +32,12 @@ def _log(files):
     return [(d["id"], d["action"]) for d in read_decisions(files[1])]
 
 
+async def _open_dialog(pilot, dialog, *keys) -> None:
+    """Press ``keys`` and wait until ``dialog`` is the screen."""
+    await pilot.press(*keys)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, dialog))
+
+
 def _shown_text(screen: ReviewScreen) -> str:
     return str(screen.query_one("#rv-sample").render())
 
@@ -80,13 +86,11 @@ async def test_edit_saves_with_ctrl_s_and_cancels_with_escape(files):
     app = _app(files)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditDialog))
+        await _open_dialog(pilot, EditDialog, "e")
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is app.review)
         assert _log(files) == [] and app.review.pos == 0
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditDialog))
+        await _open_dialog(pilot, EditDialog, "e")
         app.screen.query_one("TextArea").text = "A better take."
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.review.pos == 1)
@@ -95,12 +99,10 @@ async def test_edit_saves_with_ctrl_s_and_cancels_with_escape(files):
         await pilot.press("k")
         assert "EDITED" in _shown_text(app.review) and "A better take." in _shown_text(app.review)
         # a pair edits its completion
-        await pilot.press("g")
-        await wait_for(pilot, lambda: isinstance(app.screen, PromptDialog))
+        await _open_dialog(pilot, PromptDialog, "g")
         await pilot.press("1", "3", "enter")
         await wait_for(pilot, lambda: app.review.pos == 12)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditDialog))
+        await _open_dialog(pilot, EditDialog, "e")
         assert app.screen.query_one("TextArea").text == recs[12]["completion"]
         await pilot.press("ctrl+s")  # unchanged: nothing written
         await wait_for(pilot, lambda: app.screen is app.review)
@@ -113,8 +115,7 @@ async def test_tag_completes_known_tags_and_does_not_advance(files):
     app = _app(files)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("t")
-        await wait_for(pilot, lambda: isinstance(app.screen, PromptDialog))
+        await _open_dialog(pilot, PromptDialog, "t")
         await pilot.press("f", "u", "n", "n", "y", ",", " ", "o", "f")
         await wait_for(pilot, lambda: app.screen.query_one("Input")._suggestion == "funny, off-persona")
         await pilot.press("right", "enter")
@@ -147,16 +148,14 @@ async def test_goto_rejects_bad_positions(files):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         for keys, pos, note in ((["9", "9"], 0, "no sample #99"), (["7"], 6, "")):
-            await pilot.press("g")
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptDialog))
+            await _open_dialog(pilot, PromptDialog, "g")
             await pilot.press(*keys, "enter")
             await wait_for(pilot, lambda: app.screen is app.review)
             assert app.review.pos == pos and note in app.review.note
 
 
 async def _search(pilot, app, query):
-    await pilot.press("slash")
-    await wait_for(pilot, lambda: isinstance(app.screen, PromptDialog))
+    await _open_dialog(pilot, PromptDialog, "slash")
     app.screen.query_one("Input").value = query
     await pilot.press("enter")
     await wait_for(pilot, lambda: app.screen is app.review and not app.review.busy)
@@ -188,8 +187,7 @@ async def test_search_next_and_previous(files):
 
 
 async def _filter(pilot, app, spec=None, arrows=0):
-    await pilot.press("f")
-    await wait_for(pilot, lambda: isinstance(app.screen, FilterDialog))
+    await _open_dialog(pilot, FilterDialog, "f")
     if spec is not None:
         app.screen.query_one("Input").value = spec
     for _ in range(arrows):
@@ -241,21 +239,18 @@ async def test_bulk_accept_and_reject_confirm_with_the_count(files):
         await ready(pilot)
         await pilot.press("x")
         await _filter(pilot, app, "pending")
-        await pilot.press("A")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await _open_dialog(pilot, ConfirmDialog, "A")
         assert "13 samples" in app.screen.question and "pending" in app.screen.question
         await pilot.press("n")
         await wait_for(pilot, lambda: app.screen is app.review)
         assert len(_log(files)) == 1
-        await pilot.press("A")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await _open_dialog(pilot, ConfirmDialog, "A")
         await pilot.press("y")
         await pilot.app.workers.wait_for_complete()
         await wait_for(pilot, lambda: not app.review.busy)
         assert app.review.queue.counts()["accepted"] == 13
         await _filter(pilot, app, "accepted")
-        await pilot.press("X")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await _open_dialog(pilot, ConfirmDialog, "X")
         assert "Reject all 13" in app.screen.question
         await pilot.press("y")
         await pilot.app.workers.wait_for_complete()
@@ -336,11 +331,9 @@ async def test_hostile_text_is_inert(tmp_path):
         await pilot.press("j")
         plain = str(app.review.query_one("#rv-sample").render())
         assert "80,000 more characters not shown" in plain
-        await pilot.press("e")  # the editor shows placeholders too
-        await wait_for(pilot, lambda: isinstance(app.screen, EditDialog))
+        await _open_dialog(pilot, EditDialog, "e")  # the editor shows placeholders too
         await pilot.press("escape")
-        await pilot.press("k", "e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditDialog))
+        await _open_dialog(pilot, EditDialog, "k", "e")
         assert "\x1b" not in app.screen.query_one("TextArea").text
         await pilot.press("escape")
         await pilot.press("a")

@@ -85,6 +85,7 @@ class TennyApp(App):
         self.root = Path(root or Path.cwd()).resolve()
         self.params = params
         self.start_mode = start
+        self._quit_armed = False  # q said once that quitting cancels the run
         from tui.screens.dataset_diff import DatasetDiffScreen
         from tui.screens.eval_view import EvalScreen
         from tui.screens.experiments import ExperimentsScreen
@@ -99,7 +100,7 @@ class TennyApp(App):
             return self.pipeline_screen
 
         self.add_mode("pipeline", pipeline)
-        self.add_mode("training", lambda: TrainMonitorScreen(dvclive_dir or paths.DVCLIVE_DIR, root=root))
+        self.add_mode("training", lambda: TrainMonitorScreen(dvclive_dir, root=root))
         self.add_mode("diff", lambda: DatasetDiffScreen(root=root))
         self.add_mode("experiments", lambda: ExperimentsScreen(root))
         self.add_mode("eval", lambda: EvalScreen(root))
@@ -117,7 +118,7 @@ class TennyApp(App):
 
     async def action_quit(self) -> None:
         run = self.running_run()
-        if run is not None and not getattr(self, "_quit_armed", False):
+        if run is not None and not self._quit_armed:
             # Quitting would end the run (its output pipe closes): say so once.
             self._quit_armed = True
             self.notify(f"{run.command} is running: press q again to cancel it and quit", severity="warning")

@@ -28,8 +28,8 @@ from textual.worker import get_current_worker
 
 from pipeline import paths
 from pipeline.errors import UserError
-from pipeline.records import RecordError, body_kind
-from pipeline.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens, editable_text
+from pipeline.records import RecordError, body_kind, editable_text
+from pipeline.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens
 from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog, TagSuggester
 from tui.widgets.review_footer import ReviewFooter
 from tui.widgets.review_panels import sample_text, side_text, status_text
@@ -179,8 +179,7 @@ class ReviewScreen(Screen):
                 if not shown and resume is not None:
                     shown = True
                     self.queue = queue
-                    if queue.log.set_aside is not None:
-                        self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
+                    self._note_set_aside(queue)
                     self.app.call_from_thread(self._show, resume)
                 now = time.monotonic()
                 if now - last_report > 0.2:
@@ -191,9 +190,13 @@ class ReviewScreen(Screen):
             self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
             return
         self.queue = queue
-        if queue.log.set_aside is not None and not shown:
-            self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
+        if not shown:
+            self._note_set_aside(queue)
         self.app.call_from_thread(self._indexed, shown)
+
+    def _note_set_aside(self, queue: ReviewQueue) -> None:
+        if queue.log.set_aside is not None:
+            self.note = f"the log's last line was cut by a crash; set aside in {queue.log.set_aside}"
 
     def _opening(self) -> None:
         if self.current is None and self.error is None:
@@ -308,8 +311,7 @@ class ReviewScreen(Screen):
             return
         record = self.current.record
         state = self.queue.state(self.current.id)
-        text = state.text if state is not None and state.text is not None else editable_text(record)
-        whole = text if body_kind(record) == "text" else "\n".join(_strings(record, state))
+        whole = "\n".join(_strings(record, state))
         tokens, exact = None, False
         if self.tokenizer is not None and len(whole) < 200_000:
             try:
@@ -545,14 +547,14 @@ class ReviewScreen(Screen):
                                           self.search_query or "", "airport   or   /\\bgym\\b/"), go)
 
     def action_search_next(self) -> None:
-        if self.search_query:
-            self._search(self.search_query, 1)
-        else:
-            self.say("no search yet: / searches")
+        self._search_again(1)
 
     def action_search_prev(self) -> None:
+        self._search_again(-1)
+
+    def _search_again(self, step: int) -> None:
         if self.search_query:
-            self._search(self.search_query, -1)
+            self._search(self.search_query, step)
         else:
             self.say("no search yet: / searches")
 

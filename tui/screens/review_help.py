@@ -34,10 +34,7 @@ class ReviewHelp(ModalScreen[None]):
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         for b in self.bindings_list:
-            keys = b.key_display or ", ".join(b.key.split(","))
-            if b.key == "question_mark":
-                keys = "?"
-            table.add_row(keys, b.tooltip or b.description)
+            table.add_row(b.key_display or ", ".join(b.key.split(",")), b.tooltip or b.description)
         table.add_row("ctrl+p", "Command palette")
         with VerticalScroll(id="rv-dialog", classes="rv-help"):
             yield Static(Text("Review keys — escape closes", style="bold"), classes="rv-dialog-title")

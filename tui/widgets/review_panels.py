@@ -11,7 +11,7 @@ import json
 from rich.text import Text
 
 from pipeline.decisions import ReviewState
-from pipeline.records import body_kind
+from pipeline.records import body_kind, editable_turn
 from tui.widgets.review_text import inert, one_line
 
 STATUS_STYLE = {"pending": "bold", "accepted": "bold green", "rejected": "bold red"}
@@ -44,7 +44,7 @@ def sample_text(record: dict, state: ReviewState | None, limit: int) -> Text:
             out.append_text(inert(record["completion"], limit, style="dim"))
         return out
     messages = record["messages"]
-    last_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages) - 1)
+    last_assistant = editable_turn(messages)
     for i, m in enumerate(messages):
         if i:
             out.append("\n\n")

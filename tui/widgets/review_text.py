@@ -11,7 +11,6 @@ which is exactly what a reviewer needs to know before accepting it.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from rich.text import Text
 
@@ -82,8 +81,3 @@ def one_line(value, width: int = 60) -> Text:
     if len(flat) > width:
         flat = flat[: max(1, width - 1)] + "\u2026"
     return inert(flat, limit=None)
-
-
-def display_width_safe(value: str) -> bool:
-    """True when nothing in ``value`` needs a placeholder (for tests and callers)."""
-    return UNSAFE.search(value) is None and all(unicodedata.category(c) != "Cc" or c in "\t\n" for c in value)
