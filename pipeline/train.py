@@ -71,6 +71,7 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
     import torch
 
     total, tokens = 0.0, 0
+    was_training = model.training  # eval generates right after: dropout must stay off there
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
@@ -83,7 +84,7 @@ def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> flo
                 ignore_index=-100, reduction="sum")
             total += loss.item()
             tokens += int((shift_labels != -100).sum())
-    model.train()
+    model.train(was_training)
     return total / max(tokens, 1)
 
 

@@ -158,3 +158,22 @@ def test_packaged_smollm2_converts_and_takes_a_lora_step(in_tmp):
     after = model(**batch).loss
     assert torch.isfinite(before) and 0.5 < before.item() < 10  # a pretrained model: not random (ln 49152 ≈ 10.8)
     assert after.item() < before.item()
+
+
+def test_mean_loss_leaves_the_model_in_the_mode_it_found():
+    # evaluate measures perplexity, then generates greedily: dropout left on by the
+    # loss would make "greedy" generations differ from run to run.
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipeline.train import mean_loss
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    examples = [([1, 2, 3, 4], [-100, 2, 3, 4]), ([5, 6, 7], [-100, -100, 7])]
+    model.eval()
+    loss = mean_loss(model, examples, batch_size=2, pad_id=0, device="cpu")
+    assert not model.training and not any(m.training for m in model.modules())
+    model.train()
+    assert mean_loss(model, examples, batch_size=2, pad_id=0, device="cpu") == pytest.approx(loss)
+    assert model.training
