@@ -136,11 +136,17 @@ def test_bench_corpora_equal_brute_force(monkeypatch):
             assert_same(texts, threshold, block=128)
 
 
-@pytest.mark.parametrize("kind", ["realistic", "hostile"])
-def test_default_blocks_and_new_leaders_equal_brute_force(monkeypatch, kind):
+@pytest.mark.parametrize("kind,threaded", [("realistic", False), ("hostile", False), ("realistic", True)])
+def test_default_blocks_and_new_leaders_equal_brute_force(monkeypatch, kind, threaded):
     # Several adaptive blocks, leaders founded in later blocks (their distances
-    # filled in for earlier kept samples), the probe-side cluster ranges and
-    # both member sets: all on the default path, against every pair scored.
+    # filled in for earlier kept samples, and for rows prefetched before them),
+    # the probe-side cluster ranges and both member sets: all on the default
+    # path, against every pair scored; once with the search on threads, as
+    # blocks of a million-sample run are.
+    import pipeline.dedupe_index as engine_module
+
+    if threaded:
+        monkeypatch.setattr(engine_module, "THREADED_BLOCK", 1)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from bench.bench_dedupe import brute_force  # every pair scored with cdist, then the contract in order
     from bench.corpus import make_corpus
