@@ -35,7 +35,9 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 
 Samples go through in blocks: each block is checked against the kept samples
 of earlier blocks and against itself, then resolved in input order, so a
-sample dropped earlier can never cause a later drop.
+sample dropped earlier can never cause a later drop. Distances to leaders
+depend on no verdict, so the next block's are scored in the background while
+a block is searched.
 
 ``run_jobs`` is the only parallel part: a list of independent verification
 jobs (aligned lists of probe and member texts). The local engine runs them on
