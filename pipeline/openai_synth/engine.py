@@ -324,11 +324,18 @@ class Engine:
         return self.cfg.base_url or "https://api.openai.com/v1"
 
 
+SHUT_DOWN_S = 2.0
+
+
 def _shut_down(loop: asyncio.AbstractEventLoop, client) -> None:
     """Cancel what is in flight and close the client, also after Ctrl-C broke the loop mid-step.
 
     A KeyboardInterrupt can leave the run_until_complete future pending; when it
     finishes, it stops the loop under the next run_until_complete, hence the retries.
+    Each wait is bounded: a Ctrl-C that lands inside the HTTP stack once left a
+    cancelled request that never finished, and the process spun at 100 % CPU
+    instead of exiting. Answers are stored as they arrive, so nothing is lost
+    by not waiting longer.
     """
     try:
         for _ in range(3):
@@ -336,9 +343,10 @@ def _shut_down(loop: asyncio.AbstractEventLoop, client) -> None:
             for task in pending:
                 task.cancel()
             try:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=SHUT_DOWN_S))
                 if client is not None:
-                    loop.run_until_complete(client.close())
+                    loop.run_until_complete(asyncio.wait_for(client.close(), SHUT_DOWN_S))
                 break
             except RuntimeError:
                 continue
