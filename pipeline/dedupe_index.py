@@ -49,6 +49,7 @@ output.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -134,8 +135,6 @@ def verify_job(probes: Sequence[str], members: Sequence[str], threshold: float) 
 
 def thread_runner(workers: int = 0) -> tuple[JobRunner, Callable[[], None]]:
     """(run_jobs, close) on a local thread pool; rapidfuzz releases the GIL while it scores."""
-    from concurrent.futures import ThreadPoolExecutor
-
     n = workers or os.cpu_count() or 1
     if n == 1:
         return (lambda jobs: [verify_job(*job) for job in jobs]), (lambda: None)
@@ -289,17 +288,13 @@ class _Engine:
         self.run_jobs, self.fixed_block, self.progress = run_jobs, block, progress
         self.cd_workers = workers or -1
         n_threads = workers or os.cpu_count() or 1
-        self.pool = None
-        if n_threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-search")
-            self.ahead_pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-pivots")
-        else:
-            self.ahead_pool = None
+        # searches of big blocks, and the next block's pivots in the background
+        self.pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-search") if n_threads > 1 else None
+        self.ahead_pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-pivots") if n_threads > 1 else None
         self.first: dict[str, int] = {}  # text -> its first index
-        self.ahead_pos: dict[str, tuple[int, int]] = {}  # prefetched text -> (job, row)
-        self.ahead_jobs: list = []
+        # prefetched text -> (its job's future, row in it, leaders it was scored against); a
+        # job's rows are freed with the last entry that refers to it
+        self.ahead: dict[str, tuple[Future, int, int]] = {}
         self.ahead_end = 0  # samples before this were prefetched (or are past)
         n = self.n = len(texts)
         self.matched = np.full(n, -1, dtype=np.int64)
@@ -393,22 +388,18 @@ class _Engine:
         mostly single-threaded numpy. Only a cache: the next block is what it
         would be anyway, and whatever it misses is scored when it starts.
         """
-        if self.ahead_pool is None or not self.leaders:
+        start = max(start, self.ahead_end)
+        if self.ahead_pool is None or not self.leaders or start >= end:
             return
-        texts, seen, pos = self.texts, self.first, self.ahead_pos
-        self.ahead_end = max(self.ahead_end, end)
-        cand: list[str] = []
-        for i in range(start, end):
-            t = texts[i]
-            if t not in seen and t not in pos:
-                pos[t] = (len(self.ahead_jobs) + len(cand) // AHEAD_CHUNK, len(cand) % AHEAD_CHUNK)
-                cand.append(t)
+        self.ahead_end = end
+        texts, seen, ahead = self.texts, self.first, self.ahead
+        cand = list(dict.fromkeys(t for t in texts[start:end] if t not in seen and t not in ahead))
         leaders = [texts[p] for p in self.leaders]
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
             fut = self.ahead_pool.submit(process.cdist, part, leaders, scorer=Indel.distance, processor=None,
                                          dtype=np.int32, workers=1)
-            self.ahead_jobs.append([fut, len(leaders), len(part)])
+            ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
         """Distances of these samples to the current leaders, from the prefetch where it has them."""
@@ -416,23 +407,16 @@ class _Engine:
         out = np.empty((len(act_texts), P), dtype=np.int32)
         missing: dict[int, list[int]] = {}  # first leader column a row lacks -> rows
         for x, t in enumerate(act_texts):
-            hit = self.ahead_pos.get(t)
-            if hit is None:
-                missing.setdefault(0, []).append(x)
-                continue
-            job = self.ahead_jobs[hit[0]]
-            out[x, :job[1]] = job[0].result()[hit[1]]
-            if job[1] < P:  # leaders found since it was prefetched
-                missing.setdefault(job[1], []).append(x)
+            hit = self.ahead.get(t)
+            p0 = 0 if hit is None else hit[2]
+            if hit is not None:
+                out[x, :p0] = hit[0].result()[hit[1]]
+            if p0 < P:  # not prefetched, or leaders founded since
+                missing.setdefault(p0, []).append(x)
         for p0, rows in missing.items():
             out[rows, p0:] = self._cdist([act_texts[x] for x in rows], leaders[p0:])
-        for t in set(act_texts):  # consumed: release a job's rows once all are
-            hit = self.ahead_pos.pop(t, None)
-            if hit is not None:
-                job = self.ahead_jobs[hit[0]]
-                job[2] -= 1
-                if not job[2]:
-                    job[0] = None
+        for t in act_texts:
+            self.ahead.pop(t, None)
         return out
 
     # -- candidates
@@ -607,7 +591,7 @@ class _Engine:
         end = int(act[-1]) + 1
         # with the leaders complete, rows scored now are final: look further ahead
         ahead = 2 * self.max_block if len(self.leaders) == self.cap else self._block_size(len(self.kept) + len(act))
-        self._prefetch(max(end, self.ahead_end), min(self.n, end + ahead))
+        self._prefetch(end, min(self.n, end + ahead))
         self.own[act] = own
         self.dist[act, :P] = np.minimum(full, CLIP)
         self.r[act] = self.dist[act, own]
@@ -619,13 +603,15 @@ class _Engine:
         #    never needs to be a member for the rest of this block.
         is_probe = act >= self.n_fixed
         probes, pdist = act[is_probe], full[is_probe]
-        store = _Members(self.kept, self.own, self.r, self.lengths, P, self.amin, self.amax)
         amin, amax = self.amin[:P, :P].copy(), self.amax[:P, :P].copy()
         _widen_ranges(amin, amax, self.own[act], self.dist[act, :P], slice(0, P))
         both = _Members(np.concatenate((self.kept, act)), self.own, self.r, self.lengths, P, amin, amax)
         groups = self._groups(probes)
         found: list[tuple[np.ndarray, np.ndarray, int]] = []
-        tasks = [(self._same_cluster, pk, store.ids[store.cluster(k)], found) for k, pk in groups]
+        tasks = []
+        for k, pk in groups:
+            cluster = both.ids[both.cluster(k)]
+            tasks.append((self._same_cluster, pk, cluster[cluster < act[0]], found))  # kept earlier: all before the block
         tasks += [(self._other_clusters, self._windows(probes[s:s + CHUNK], pdist[s:s + CHUNK], both.len_max), both, found)
                   for s in range(0, len(probes), CHUNK)]
         self._run(tasks, len(act))
