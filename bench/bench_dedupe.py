@@ -29,24 +29,21 @@ def brute_force(texts: list[str], threshold: float, chunk: int = 1000):
     from rapidfuzz import fuzz, process
 
     n = len(texts)
-    hits: list[tuple[np.ndarray, np.ndarray]] = []  # per row: earlier columns scoring >= threshold, scores
+    matched = np.full(n, -1, dtype=np.int64)
+    score = np.zeros(n)
     cutoff = max(0.0, threshold - 1e-3)
     for start in range(0, n, chunk):
         rows = texts[start:start + chunk]
         m = process.cdist(rows, texts[: start + len(rows)], scorer=fuzz.ratio, processor=None,
                           score_cutoff=cutoff, dtype=np.float64, workers=-1)
-        for r in range(len(rows)):
+        for r in range(len(rows)):  # rows come in input order: every earlier verdict is final
             i = start + r
             cols = np.flatnonzero(m[r, :i] >= threshold)
-            hits.append((cols, m[r, cols]))
-    matched = np.full(n, -1, dtype=np.int64)
-    score = np.zeros(n)
-    for i, (cols, sc) in enumerate(hits):
-        keep = matched[cols] < 0
-        if keep.any():
-            cols, sc = cols[keep], sc[keep]
-            best = int(np.argmax(sc))  # first maximum: the earliest on a tie
-            matched[i], score[i] = cols[best], sc[best]
+            cols = cols[matched[cols] < 0]
+            if len(cols):
+                sc = m[r, cols]
+                best = int(np.argmax(sc))  # first maximum: the earliest on a tie
+                matched[i], score[i] = cols[best], sc[best]
     return matched, score
 
 

@@ -81,7 +81,7 @@ def one(folder: Path, quantization: str, device: str, steps: int, batch: int, se
         "quantization": quantization, "device": device, "load_s": round(load_s, 2),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "weights_mb": round(weights_mb), "peak_mem_mb": round(peak_memory_mb(device)), "grad_ckpt": ckpt,
-        "step_median_s": round(med, 4), "step_p90_s": round(times[int(len(times) * 0.9) - 1 if len(times) > 1 else 0], 4),
+        "step_median_s": round(med, 4), "step_p90_s": round(times[int(len(times) * 0.9) - 1], 4),
         "tokens_per_s": round(batch * seq / med), "final_loss": round(loss.item(), 3),
         "layer": type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__,
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pipeline import paths
 from pipeline.dedupe_index import Verdicts, dedupe_processed
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.records import dumps, read_records, render_text, write_json, write_jsonl, write_records
+from pipeline.records import dumps, read_records, render_text, write_json, write_jsonl, write_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,19 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_threshold(threshold: float) -> float:
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or not 0 <= threshold <= 100:
+    if not 0 <= threshold <= 100:  # also false for NaN
         raise UserError(f"threshold {threshold}: must be a fuzz.ratio score between 0 and 100 "
                         "(e.g. --threshold 90 or dedupe.threshold: 90 in params.yaml)")
     return float(threshold)
-
-
-def dedupe_texts(texts: list[str], threshold: float, n_fixed: int = 0, **engine: Any) -> list[tuple[int, float] | None]:
-    """For each text: None if kept, else (index of the kept text it matched, score).
-
-    The first ``n_fixed`` texts are always kept (``dedupe.against``).
-    """
-    verdicts = dedupe_processed([default_process(t) for t in texts], check_threshold(threshold), n_fixed, **engine)
-    return [None if j < 0 else (int(j), float(s)) for j, s in zip(verdicts.matched, verdicts.score)]
 
 
 class _Progress:
@@ -102,14 +92,16 @@ def run(params: Params, args: Any = None) -> int:
     # size) until the kept ones are written.
     lines: list[str] = []
     processed: list[str] = []
-    for other in params.dedupe.against:
-        for rec in read_records(other):
+
+    def load(path) -> None:
+        for rec in read_records(path):
             lines.append(dumps(rec))
             processed.append(default_process(render_text(rec)))
+
+    for other in params.dedupe.against:
+        load(other)
     n_fixed = len(lines)
-    for rec in read_records(src):
-        lines.append(dumps(rec))
-        processed.append(default_process(render_text(rec)))
+    load(src)
     n_new = len(lines) - n_fixed
     if n_new == 0:
         print(f"dedupe: {src} holds no records; writing an empty {dst}", file=sys.stderr)
@@ -124,20 +116,28 @@ def run(params: Params, args: Any = None) -> int:
     finally:
         close()
         progress.close()
-    del processed
+    processed.clear()  # the texts are not needed for writing
     seconds = time.perf_counter() - started
 
-    matched, score, exact = verdicts.matched, verdicts.score, verdicts.exact
+    matched, score, exact = verdicts.matched.tolist(), verdicts.score.tolist(), verdicts.exact.tolist()
     dropped_idx = [i for i in range(n_fixed, len(lines)) if matched[i] >= 0]
+    shown: dict[int, tuple[str, str]] = {}  # kept sample -> (id, text); a few are matched over and over
+
+    def view(i: int) -> tuple[str, str]:
+        rec = json.loads(lines[i])
+        return rec["id"], render_text(rec)
 
     def dropped_rows():
         for i in dropped_idx:
-            rec, other = json.loads(lines[i]), json.loads(lines[matched[i]])
-            yield {"id": rec["id"], "matched_id": other["id"], "score": round(float(score[i]), 2),
-                   "exact": bool(exact[i]), "text": render_text(rec), "matched_text": render_text(other)}
+            (rid, text), j = view(i), matched[i]
+            if j not in shown:
+                shown[j] = view(j)
+            yield {"id": rid, "matched_id": shown[j][0], "score": round(score[i], 2),
+                   "exact": exact[i], "text": text, "matched_text": shown[j][1]}
 
-    n_exact = int(exact[n_fixed:].sum())
-    kept = write_records(dst, (json.loads(lines[i]) for i in range(n_fixed, len(lines)) if matched[i] < 0))
+    n_exact = sum(exact[n_fixed:])
+    # the kept lines are records read (and validated) above, already in their written form
+    kept = write_lines(dst, (lines[i] for i in range(n_fixed, len(lines)) if matched[i] < 0))
     write_jsonl(dropped_path, dropped_rows())
     write_json(report_path, {
         "threshold": threshold,

@@ -363,6 +363,16 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
+    """Lines already made by ``dumps`` from checked records, atomically; return how many."""
+    n = 0
+    with atomic_writer(path) as fh:
+        for n, line in enumerate(lines, start=1):
+            fh.write(line)
+            fh.write("\n")
+    return n
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """A report or metrics file, written atomically and readably."""
     with atomic_writer(path) as fh:

@@ -9,7 +9,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
 from pipeline.cli import main
-from pipeline.records import make_record, read_records, render_text, write_records
+from pipeline.records import iter_jsonl, make_record, read_records, render_text, write_records
 
 
 def run_cli(tmp_path, records, *extra, against=None):
@@ -37,7 +37,7 @@ def test_report_and_dropped_file(tmp_path):
     rc, out, report, dropped = run_cli(tmp_path, records)
     assert rc == 0
     kept = [r["id"] for r in read_records(out)]
-    rows = [json.loads(line) for line in dropped.read_text().splitlines()]
+    rows = [row for _, row in iter_jsonl(dropped)]
     rep = json.loads(report.read_text())
     assert rep["input"] == 9 and rep["kept"] == len(kept) and rep["dropped"] == len(rows)
     assert rep["exact_duplicates"] + rep["near_duplicates"] == rep["dropped"]
@@ -93,7 +93,7 @@ def test_large_samples_and_emoji_only(tmp_path):
     records = [make_record(text=big), make_record(text=big + "jumps"), make_record(text="😀😀"), make_record(text="🎉")]
     rc, out, report, dropped = run_cli(tmp_path, records)
     assert rc == 0
-    rows = {json.loads(line)["id"]: json.loads(line) for line in dropped.read_text().splitlines()}
+    rows = {row["id"]: row for _, row in iter_jsonl(dropped)}
     # emoji-only texts process to "" (default_process keeps letters and digits): exact duplicates, reported
     assert rows[records[3]["id"]]["matched_id"] == records[2]["id"] and rows[records[3]["id"]]["exact"]
     assert records[1]["id"] in rows
