@@ -37,7 +37,6 @@ class ReviewState:
     status: str = "pending"  # pending | accepted | rejected
     text: str | None = None  # the edited text, if edited
     tags: list[str] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)  # decisions in force, oldest first
 
     @property
     def edited(self) -> bool:
@@ -69,7 +68,7 @@ def read_decisions(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def _replay(history: list[dict]) -> ReviewState:
-    state = ReviewState(history=history)
+    state = ReviewState()
     for d in history:
         action = d["action"]
         if action == "accept":
@@ -153,6 +152,7 @@ def repair(path: str | os.PathLike) -> Path | None:
 _PLAIN = re.compile(rb'\{"id":"([^"\\\n]+)","action":"(accept|reject|undo)","at":"[^"\\\n]*","by":"[^"\\\n]*"\}\r?')
 _PLAIN_LINES = re.compile(rb"^" + _PLAIN.pattern + rb"\n", re.MULTILINE)
 _CODE = {"accept": "a", "reject": "r"}
+_BYTE_CODE = {k.encode(): v for k, v in _CODE.items()}  # the fold of plain lines works on bytes
 _READ_BLOCK = 8 << 20
 
 
@@ -244,14 +244,9 @@ class DecisionLog:
 
     def _fold_plain(self, plain: list[tuple[bytes, bytes]], touched: list[str]) -> None:
         """A block of only plain accept/reject/undo lines: the common case, kept tight."""
-        hist, stack = self.hist, self.stack
-        code = {b"accept": "a", b"reject": "r"}
-        if not touched and not hist:
-            touched.extend(raw.decode("utf-8") for raw, _ in plain)  # one C-level pass when opening
-            rids = touched
-        else:
-            rids = [raw.decode("utf-8") for raw, _ in plain]
-            touched.extend(rids)
+        hist, stack, code = self.hist, self.stack, _BYTE_CODE
+        rids = [raw.decode("utf-8") for raw, _ in plain]
+        touched.extend(rids)
         actions = [action for _, action in plain]
         if b"undo" not in set(actions) and hist.keys().isdisjoint(rids) and len(set(rids)) == len(rids):
             # each id decided once in this block and never before (opening a long log):
@@ -302,24 +297,12 @@ class DecisionLog:
 
     # -- the state of ids
 
-    def status_of(self, rid: str) -> str:
-        value = self.hist.get(rid)
-        if value is None:
-            return "pending"
-        if isinstance(value, str):
-            return "accepted" if value == "a" else "rejected"
-        return _replay_compact(value)[0]
-
     def state(self, rid: str) -> ReviewState | None:
         value = self.hist.get(rid)
         if value is None:
             return None
-        entries = (value,) if isinstance(value, str) else value
-        status, text, tags = _replay_compact(entries)
-        history = [{"id": rid, "action": {"a": "accept", "r": "reject"}[e]} if isinstance(e, str) else
-                   ({"id": rid, "action": "edit", "text": e[1]} if e[0] == "e" else
-                    {"id": rid, "action": "tag", "tags": list(e[1])}) for e in entries]
-        return ReviewState(status=status, text=text, tags=list(tags), history=history)
+        status, text, tags = _replay_compact((value,) if isinstance(value, str) else value)
+        return ReviewState(status=status, text=text, tags=list(tags))
 
     @property
     def states(self) -> "_StatesView":

@@ -222,7 +222,7 @@ def parse_line(raw: bytes, path: str | os.PathLike, lineno: int) -> dict | None:
     return obj
 
 
-def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | None = None) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike, *, fh: BinaryIO | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; errors name the line.
 
     The generic layer under records and the review log: strict UTF-8, no BOM,
@@ -231,7 +231,7 @@ def iter_jsonl(path: str | os.PathLike, *, start_line: int = 1, fh: BinaryIO | N
     own = fh is None
     fh = fh or open(path, "rb")
     try:
-        for lineno, raw in enumerate(fh, start=start_line):
+        for lineno, raw in enumerate(fh, start=1):
             if lineno == 1:
                 reject_bom(raw, path)
             obj = parse_line(raw, path, lineno)

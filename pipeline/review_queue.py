@@ -30,7 +30,6 @@ import numpy as np
 
 from pipeline.decisions import DecisionLog, ReviewState, append_decisions
 from pipeline.errors import UserError
-from pipeline import records
 from pipeline.records import RecordError, body_kind, check_record, parse_line, reject_bom
 
 CHUNK = 8 << 20  # bytes scanned per batch: large enough for numpy, small for memory
@@ -101,9 +100,6 @@ def body_strings(record: dict) -> list[str]:
     if kind == "pair":
         return [record["prompt"], record["completion"]]
     return [m["content"] for m in record["messages"]]
-
-
-editable_text = records.editable_text  # the review screen imports it from here
 
 
 # ---------------------------------------------------------------- line index
@@ -330,7 +326,7 @@ def meta_value(meta: dict | None, key: str):
 class ReviewQueue:
     """The records file, its review log, and what a person sees of them.
 
-    Threads: ``index_batches`` may run in a worker thread while the screen
+    Threads: ``opening`` may run in a worker thread while the screen
     reads what is indexed so far; everything else runs on the screen's loop.
     Filters, search and bulk actions want the whole index (``ready``).
     """
@@ -354,7 +350,6 @@ class ReviewQueue:
 
     def _rebuild_decided(self) -> None:
         ids, codes_list = [], []
-        texts, tags = self.log.texts, self.log.tags
         for rid, value in self.log.hist.items():
             # most ids hold one plain accept ("a") or reject ("r"): no replay needed
             if value == "a":
@@ -362,8 +357,7 @@ class ReviewQueue:
             elif value == "r":
                 code = REJECTED
             else:
-                code = (STATUS_CODES[self.log.status_of(rid)] | (EDITED if rid in texts else 0)
-                        | (TAGGED if rid in tags else 0))
+                code = state_code(self.log.state(rid))
                 if not code:
                     continue
             ids.append(rid)
@@ -372,13 +366,6 @@ class ReviewQueue:
         codes = np.array(codes_list, dtype=np.uint8)
         order = np.argsort(keys)
         self._decided_keys, self._decided_codes = keys[order], codes[order]
-
-    def index_batches(self) -> Iterator[tuple[int, int]]:
-        """Index the records batch by batch (status included); yields (start, stop) added."""
-        for start, stop in self.index.batches():
-            self._grow_status(stop)
-            self._status[start:stop] = self._codes_for(self.index.keys[start:stop])
-            yield start, stop
 
     def opening(self) -> Iterator[int | None]:
         """Open the log and the index together; after each batch, yield where to resume (None: not known yet).
@@ -425,8 +412,9 @@ class ReviewQueue:
     def open(self) -> None:
         """Everything at once (tests, tools): log, then the whole index."""
         self.open_log()
-        for _ in self.index_batches():
-            pass
+        self.index.scan()
+        self._grow_status(len(self))
+        self._status[: len(self)] = self._codes_for(self.keys)
 
     @property
     def ready(self) -> bool:

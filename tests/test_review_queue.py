@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.records import RecordError, dumps, make_record
+from pipeline.records import RecordError, dumps, editable_text, make_record
 from pipeline.review_queue import (
     CHUNK,
     DroppedIndex,
@@ -16,7 +16,6 @@ from pipeline.review_queue import (
     LineIndex,
     ReviewQueue,
     approx_tokens,
-    editable_text,
     id_key,
 )
 from test_review_support import pair_and_chat, write_records
