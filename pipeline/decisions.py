@@ -206,10 +206,10 @@ class DecisionLog:
                 fh.seek(self.offset)
                 data = fh.read(min(_READ_BLOCK, size - self.offset))
                 end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+                if end == 0 and len(data) < size - self.offset:  # one line longer than a block
+                    data += fh.read(size - self.offset - len(data))
+                    end = data.rfind(b"\n") + 1
                 if end == 0:
-                    if len(data) < size - self.offset:  # one line longer than a block
-                        data = fh.read(size - self.offset - len(data))
-                        continue
                     break
                 self._fold_block(data, end, touched)
                 self.offset += end

@@ -197,3 +197,18 @@ def test_a_bad_line_among_plain_lines_is_named(tmp_path):
         fh.write(b'{"id":"x","action":"accept","at":"","by":"\xff"}\n')
     with pytest.raises(RecordError, match=f"{log}:6"):
         DecisionLog(log).open()
+
+
+@pytest.mark.timeout(30)
+def test_a_line_longer_than_a_read_block_is_folded(tmp_path, monkeypatch):
+    # An edit whose text is longer than one read block (8 MB in use) used to be re-read forever.
+    import pipeline.decisions as decisions
+
+    monkeypatch.setattr(decisions, "_READ_BLOCK", 64)
+    log = tmp_path / "decisions.jsonl"
+    append_decision(log, "a", "edit", text="long " * 100)
+    append_decision(log, "b", "accept")
+    session = DecisionLog(log)
+    session.open()
+    assert session.states["a"].text == "long " * 100 and session.states["a"].status == "accepted"
+    assert session.states["b"].status == "accepted"
