@@ -17,6 +17,7 @@ from pipeline.review_queue import (
     ReviewQueue,
     approx_tokens,
     id_key,
+    id_keys,
 )
 from test_review_support import pair_and_chat, write_records
 
@@ -179,3 +180,10 @@ def test_id_key_and_helpers():
     pair, chat = pair_and_chat()
     assert editable_text(pair) == pair["completion"]
     assert editable_text(chat) == chat["messages"][-1]["content"]
+
+
+def test_id_keys_of_hex_ids_of_other_lengths_are_their_hashes():
+    # A 12- and a 20-character hex id add up to two 16-character ids: the batch
+    # path must not split them into the wrong keys.
+    ids = ["a" * 12, "b" * 20, "0123456789abcdef"]
+    assert id_keys(ids).tolist() == [id_key(r) for r in ids]
