@@ -41,9 +41,16 @@ def setup_project(root: Path, server: FakeOpenAI, **synth) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
 
+def _as_in_a_terminal() -> None:
+    # A shell that starts the suite in the background (CI, `cmd &`) ignores SIGINT for it, the
+    # child inherits that and Python then installs no KeyboardInterrupt handler: Ctrl-C in a
+    # terminal arrives with the default disposition, so the child gets that back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tenny(root: Path, tenny_bin: str) -> subprocess.Popen:
     env = {**env_with_bin(), "OPENAI_API_KEY": KEY}
-    return subprocess.Popen([tenny_bin, "synthesize"], cwd=root, env=env,
+    return subprocess.Popen([tenny_bin, "synthesize"], cwd=root, env=env, preexec_fn=_as_in_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
