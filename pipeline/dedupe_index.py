@@ -49,6 +49,7 @@ output.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,13 @@ JOB_PAIRS = 65536
 EXPAND_PAIRS = 1 << 22
 AHEAD_CHUNK = 2048  # samples per background pivot job (one core each)
 THREADED_BLOCK = 32768  # blocks at least this big search on threads
+# Clusters with at most this many probe x member pairs are bag-bounded BUCKET at a time.
+SMALL_CLUSTER = 1 << 14
+BUCKET = 32
+CLUSTERS_PER_TASK = 64  # same-cluster work per search task (big blocks search on threads)
+# Niceness of the background pivot threads: the search on the main thread is
+# what everything waits for, so it gets a core first and they take the rest.
+BACKGROUND_NICE = 10
 CHUNK = 1024  # probes per window matrix: small enough to stay in cache
 # Verification asks rapidfuzz for scores a hair below the threshold, then keeps
 # score >= threshold itself: rapidfuzz's own cutoff test works on a normalised
@@ -187,18 +195,23 @@ def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
     return (counts[:, cols] > steps).astype(np.float32)
 
 
-def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray | None:
+def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray, batch: int = 0) -> np.ndarray | None:
     """``sum_c min(a_c, b_c)`` for every row pair, or None if the codes would be too wide.
 
     The bag distance, a lower bound of indel, is ``len_a + len_b - 2 * overlap``.
-    Exact in float32: a sum of 0/1 products far below 2**24.
+    Exact in float32: a sum of 0/1 products far below 2**24. With ``batch``, both
+    sides are that many equal groups of rows, and only pairs within a group are
+    scored (batch × rows_a × rows_b).
     """
     both = np.concatenate((counts_a, counts_b))
     width = both.max(axis=0, initial=0).astype(np.int64)
     if width.sum() > MAX_CODE:
         return None
     codes = _codes(both, width)  # one call for both sides: this runs once per cluster and block
-    return codes[: len(counts_a)] @ codes[len(counts_a):].T
+    a, b = codes[: len(counts_a)], codes[len(counts_a):]
+    if not batch:
+        return a @ b.T
+    return np.matmul(a.reshape(batch, -1, a.shape[1]), b.reshape(batch, -1, b.shape[1]).transpose(0, 2, 1))
 
 
 # ---------------------------------------------------------------- member index
@@ -282,6 +295,14 @@ def dedupe_processed(
         close()
 
 
+def _lower_priority() -> None:
+    """Runs in each background pivot thread: on Linux a thread has its own niceness."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: only slower
+        pass
+
+
 class _Engine:
     def __init__(self, texts, threshold, n_fixed, run_jobs, workers, block, progress):
         self.texts, self.threshold, self.n_fixed = texts, threshold, n_fixed
@@ -290,11 +311,12 @@ class _Engine:
         n_threads = workers or os.cpu_count() or 1
         # searches of big blocks, and the next block's pivots in the background
         self.pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-search") if n_threads > 1 else None
-        self.ahead_pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-pivots") if n_threads > 1 else None
+        self.ahead_pool = ThreadPoolExecutor(n_threads, thread_name_prefix="dedupe-pivots", initializer=_lower_priority) if n_threads > 1 else None
         self.first: dict[str, int] = {}  # text -> its first index
         # prefetched text -> (its job's future, row in it, leaders it was scored against); a
         # job's rows are freed with the last entry that refers to it
         self.ahead: dict[str, tuple[Future, int, int]] = {}
+        self.last_ahead: Future | None = None
         self.ahead_end = 0  # samples before this were prefetched (or are past)
         n = self.n = len(texts)
         self.matched = np.full(n, -1, dtype=np.int64)
@@ -326,7 +348,9 @@ class _Engine:
     # -- pivots
 
     def _cdist(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=self.cd_workers)
+        # while background jobs hold the cores, more threads here only compete with them
+        busy = self.last_ahead is not None and not self.last_ahead.done()
+        return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=1 if busy else self.cd_workers)
 
     def _pivots(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distances of this block's samples to every leader (new leaders included), exact int32,
@@ -382,11 +406,12 @@ class _Engine:
     def _prefetch(self, start: int, end: int) -> None:
         """Starts scoring samples ``start..end`` against the current leaders in the background.
 
-        The next block's distances to the leaders it will find already are
-        most of its pivot work and do not depend on this block's verdicts, so
-        they run (one core per job) while this block is searched, which is
-        mostly single-threaded numpy. Only a cache: the next block is what it
-        would be anyway, and whatever it misses is scored when it starts.
+        The coming blocks' distances to the leaders known so far are most of
+        their pivot work and do not depend on any verdict, so they run (one
+        core per job, at a lower priority) while this block is searched, which
+        is mostly single-threaded numpy. Only a cache: a block is what it would
+        be anyway, and whatever it misses (leaders founded since) is scored
+        when it starts.
         """
         start = max(start, self.ahead_end)
         if self.ahead_pool is None or not self.leaders or start >= end:
@@ -397,8 +422,8 @@ class _Engine:
         leaders = [texts[p] for p in self.leaders]
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
-            fut = self.ahead_pool.submit(process.cdist, part, leaders, scorer=Indel.distance, processor=None,
-                                         dtype=np.int32, workers=1)
+            fut = self.last_ahead = self.ahead_pool.submit(process.cdist, part, leaders, scorer=Indel.distance,
+                                                           processor=None, dtype=np.int32, workers=1)
             ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
@@ -432,12 +457,49 @@ class _Engine:
             rows, cols = np.nonzero(np.ones((len(probes), len(members)), dtype=bool))
         else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
             rows, cols = np.nonzero(2 * overlap >= self.need32[lp[:, None] + lm[None, :]])
-        la, lb = lp[rows], lm[cols]
+        self._order_tests(probes[rows], members[cols], len(probes) * len(members), out)
+
+    def _order_tests(self, p: np.ndarray, m: np.ndarray, bounded: int, out: list) -> None:
+        """Of pairs within one cluster that passed the bag bound: those with the member first
+        that pass the length bound and the pivot window on their shared leader."""
+        la, lb = self.lengths[p], self.lengths[m]
         tau = self.table32[la + lb]
-        p, m = probes[rows], members[cols]
         ok = (m < p) & (np.abs(la - lb) <= tau)
         ok &= np.abs(self.r[p].astype(np.int32) - self.r[m]) <= tau
-        out.append((p[ok], m[ok], len(probes) * len(members)))
+        out.append((p[ok], m[ok], bounded))
+
+    def _same_clusters(self, pairs: list[tuple[np.ndarray, np.ndarray]], out: list) -> None:
+        """``_same_cluster`` for many (probes, members) pairs of clusters: the small ones are
+        bounded together, a bucket of similar shapes padded into one batched matrix product,
+        since a call per cluster costs more than its product when clusters are small."""
+        small = []
+        for probes, members in pairs:
+            if len(probes) * len(members) > SMALL_CLUSTER:
+                self._same_cluster(probes, members, out)
+            elif len(probes) and len(members):
+                small.append((probes, members))
+        small.sort(key=lambda pm: (len(pm[1]), len(pm[0])))  # similar shapes: little padding
+        for b in range(0, len(small), BUCKET):
+            bucket = small[b:b + BUCKET]
+            # padded with each group's first row (a real sample, so the code widths stay its own)
+            pi = np.empty((len(bucket), max(len(p) for p, _ in bucket)), dtype=np.int64)
+            mi = np.empty((len(bucket), max(len(m) for _, m in bucket)), dtype=np.int64)
+            for g, (p, m) in enumerate(bucket):
+                pi[g], mi[g] = p[0], m[0]
+                pi[g, :len(p)], mi[g, :len(m)] = p, m
+            n_p = np.array([len(p) for p, _ in bucket])
+            n_m = np.array([len(m) for _, m in bucket])
+            overlap = bag_overlaps(self.counts[pi.ravel()], self.counts[mi.ravel()], batch=len(bucket))
+            if overlap is None:  # very long samples: the bag bound would cost more than it saves
+                for p, m in bucket:
+                    self._same_cluster(p, m, out)
+                continue
+            lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
+            hit = 2 * overlap >= self.need32[lp[:, :, None] + lm[:, None, :]]
+            hit &= (np.arange(pi.shape[1]) < n_p[:, None])[:, :, None]  # not padding
+            hit &= (np.arange(mi.shape[1]) < n_m[:, None])[:, None, :]
+            g, x, y = np.nonzero(hit)
+            self._order_tests(pi[g, x], mi[g, y], int(n_p @ n_m), out)
 
     def _windows(self, probes: np.ndarray, pdist: np.ndarray, len_max: np.ndarray) -> tuple:
         """The pivot window of every probe × cluster, shared by both member sets.
@@ -556,7 +618,7 @@ class _Engine:
         texts, n, first = self.texts, self.n, self.first
         start = 0
         while start < n:
-            end = min(n, start + self._block_size())
+            end = min(n, start + self._block_size(start))
             # 1. exact copies of a sample kept in an earlier block: hash lookup, no scoring
             active: list[int] = []
             for i in range(start, end):
@@ -571,8 +633,8 @@ class _Engine:
                 self.progress(end, self.pairs_verified)
             start = end
 
-    def _block_size(self, kept: int | None = None) -> int:
-        """About as many samples as are kept so far (within bounds).
+    def _block_size(self, start: int) -> int:
+        """About four times as many samples as are kept so far (within bounds).
 
         A block meets the kept samples of earlier blocks and itself; when most
         samples are dropped (a generator stuck on a few patterns) the kept set
@@ -581,7 +643,10 @@ class _Engine:
         """
         if self.fixed_block:
             return max(1, self.fixed_block)
-        return int(min(self.max_block, max(MIN_BLOCK, 4 * (len(self.kept) if kept is None else kept))))
+        size = int(min(self.max_block, max(MIN_BLOCK, 4 * len(self.kept))))
+        # at most half of what is left: the last block's search has no background work to
+        # overlap with, so it had better be small
+        return min(size, max(MIN_BLOCK, -(-(self.n - start) // 2)))
 
     def _block(self, act: np.ndarray) -> None:
         texts = self.texts
@@ -589,9 +654,8 @@ class _Engine:
         full, own = self._pivots(act)
         P = full.shape[1]
         end = int(act[-1]) + 1
-        # with the leaders complete, rows scored now are final: look further ahead
-        ahead = 2 * self.max_block if len(self.leaders) == self.cap else self._block_size(len(self.kept) + len(act))
-        self._prefetch(end, min(self.n, end + ahead))
+        # two big blocks ahead: the cores never run dry, and memory stays bounded (int32 rows)
+        self._prefetch(end, min(self.n, end + 2 * self.max_block))
         self.own[act] = own
         self.dist[act, :P] = np.minimum(full, CLIP)
         self.r[act] = self.dist[act, own]
@@ -608,10 +672,11 @@ class _Engine:
         both = _Members(np.concatenate((self.kept, act)), self.own, self.r, self.lengths, P, amin, amax)
         groups = self._groups(probes)
         found: list[tuple[np.ndarray, np.ndarray, int]] = []
-        tasks = []
+        own_kept = []
         for k, pk in groups:
             cluster = both.ids[both.cluster(k)]
-            tasks.append((self._same_cluster, pk, cluster[cluster < act[0]], found))  # kept earlier: all before the block
+            own_kept.append((pk, cluster[cluster < act[0]]))  # kept earlier: all before the block
+        tasks = [(self._same_clusters, own_kept[s:s + CLUSTERS_PER_TASK], found) for s in range(0, len(own_kept), CLUSTERS_PER_TASK)]
         tasks += [(self._other_clusters, self._windows(probes[s:s + CHUNK], pdist[s:s + CHUNK], both.len_max), both, found)
                   for s in range(0, len(probes), CHUNK)]
         self._run(tasks, len(act))
@@ -620,8 +685,8 @@ class _Engine:
         members = act if not len(sure) else act[~np.isin(act, sure)]
         left = dict(self._groups(members))
         found = []
-        tasks = [(self._same_cluster, pk, left[k][left[k] < pk.max()], found) for k, pk in groups if k in left]
-        self._run(tasks, len(act))
+        pairs = [(pk, left[k][left[k] < pk.max()]) for k, pk in groups if k in left]
+        self._run([(self._same_clusters, pairs[s:s + CLUSTERS_PER_TASK], found) for s in range(0, len(pairs), CLUSTERS_PER_TASK)], len(act))
         more = self._verify(found)
         mi, mj, ms = (np.concatenate((x, y)) for x, y in zip(hits, more))
 
