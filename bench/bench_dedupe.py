@@ -7,7 +7,11 @@ that configuration's alone. Brute force scores every pair with
 ``process.cdist(..., workers=-1)`` in row chunks and then applies the contract
 in order; it runs for sizes up to ``--brute-max`` and its verdicts are compared
 with the engine's, sample by sample (matched sample and score included).
-Times are medians over ``--repeats`` runs; the CPU may be shared, so compare
+Times are medians: brute force runs ``--repeats`` times and, where it runs, the
+engine runs three times per brute-force run, interleaved with them, after one
+untimed warm-up (the machine's speed drifts by minutes; a median of a few
+one-second runs would hang on whichever minute they fell in). Without brute
+force the engine runs ``--repeats`` times. The CPU may be shared, so compare
 figures from one run only.
 """
 
@@ -58,6 +62,9 @@ def score_shares(texts: list[str], sample: int = 2000, seed: int = 0) -> dict:
     return {"70-89": float(((s >= 70) & (s < 90)).mean()), ">=90": float((s >= 90).mean())}
 
 
+ENGINE_RUNS = 3  # engine runs per brute-force run
+
+
 class _OutOfTime(Exception):
     pass
 
@@ -70,8 +77,13 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
 
     raw = make_corpus(n, kind, seed)
     out: dict = {"corpus": kind, "n": n, "mean_chars": round(sum(map(len, raw)) / n, 1)}
-    times = []
-    for _ in range(repeats):
+    brute = n <= brute_max
+    # With brute force, the engine runs ENGINE_RUNS times per brute-force run, the two
+    # interleaved, after one untimed warm-up: the machine's speed drifts, and a median
+    # of a few one-second runs would otherwise hang on whatever minute they fell in.
+    runs = repeats * ENGINE_RUNS if brute else repeats
+    times, brute_times = [], []
+    for r in range(runs + brute):
         t0 = time.perf_counter()
         last = [t0]
 
@@ -90,18 +102,19 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
         except _OutOfTime:
             out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             return out
+        if brute and r == 0:
+            continue  # the warm-up
         times.append(time.perf_counter() - t0)
-    out.update(seconds=statistics.median(times), kept=int((v.matched < 0).sum()), exact=int(v.exact.sum()),
-               near=int(((v.matched >= 0) & ~v.exact).sum()), pairs_bounded=v.pairs_bounded,
-               pairs_scored=v.pairs_verified, leaders=v.leaders, all_pairs=n * (n - 1) // 2)
-    if n <= brute_max:
-        times = []
-        for _ in range(repeats):
+        if brute and len(times) % ENGINE_RUNS == 0:
             t0 = time.perf_counter()
             texts = [default_process(t) for t in raw]
             bm, bs = brute_force(texts, threshold)
-            times.append(time.perf_counter() - t0)
-        out.update(brute_seconds=statistics.median(times),
+            brute_times.append(time.perf_counter() - t0)
+    out.update(seconds=statistics.median(times), runs=len(times), kept=int((v.matched < 0).sum()), exact=int(v.exact.sum()),
+               near=int(((v.matched >= 0) & ~v.exact).sum()), pairs_bounded=v.pairs_bounded,
+               pairs_scored=v.pairs_verified, leaders=v.leaders, all_pairs=n * (n - 1) // 2)
+    if brute:
+        out.update(brute_seconds=statistics.median(brute_times), brute_runs=len(brute_times),
                    identical=bool((bm == v.matched).all() and (bs == v.score).all()))
         out["speedup"] = out["brute_seconds"] / out["seconds"]
     if n <= 200_000:
@@ -136,11 +149,12 @@ def main() -> int:
                 print(f"{kind:9} n={n:>9,}  stopped at --time-limit: {r['partial_samples']:,} samples in"
                       f" {r['partial_seconds']:.0f} s  peak {r['peak_rss_mib']:,.0f} MiB", flush=True)
                 continue
-            line = (f"{kind:9} n={n:>9,}  {r['seconds']:8.2f} s  kept {r['kept']:,}  dropped exact {r['exact']:,}"
+            line = (f"{kind:9} n={n:>9,}  {r['seconds']:8.2f} s (median of {r['runs']})  kept {r['kept']:,}  dropped exact {r['exact']:,}"
                     f" near {r['near']:,}  leaders {r['leaders']}  pairs bounded {r['pairs_bounded']:,} verified exactly {r['pairs_scored']:,}"
                     f" (of {r['all_pairs']:,})  peak {r['peak_rss_mib']:,.0f} MiB  ~{r['mean_chars']} chars")
             if "brute_seconds" in r:
-                line += (f"\n{'':9}   brute force cdist {r['brute_seconds']:.2f} s → {r['speedup']:.1f}x faster,"
+                line += (f"\n{'':9}   brute force cdist {r['brute_seconds']:.2f} s (median of {r['brute_runs']}, interleaved)"
+                         f" → {r['speedup']:.1f}x faster,"
                          f" identical output: {r['identical']}")
             if "score_share" in r:
                 sh = r["score_share"]
