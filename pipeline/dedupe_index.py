@@ -83,6 +83,7 @@ MAX_CODE = 1024
 JOB_PAIRS = 65536
 EXPAND_PAIRS = 1 << 22
 AHEAD_CHUNK = 2048  # samples per background pivot job (one core each)
+SERIAL_PAIRS = 1 << 20  # pivot scoring on the main thread smaller than this: one thread while they run
 THREADED_BLOCK = 32768  # blocks at least this big search on threads
 # Clusters with at most this many probe x member pairs are bag-bounded BUCKET at a time.
 SMALL_CLUSTER = 1 << 14
@@ -211,7 +212,8 @@ def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray, batch: int = 0) -> 
     a, b = codes[: len(counts_a)], codes[len(counts_a):]
     if not batch:
         return a @ b.T
-    return np.matmul(a.reshape(batch, -1, a.shape[1]), b.reshape(batch, -1, b.shape[1]).transpose(0, 2, 1))
+    w = a.shape[1]  # may be 0 (empty strings): shapes are spelled out, not inferred
+    return np.matmul(a.reshape(batch, len(a) // batch, w), b.reshape(batch, len(b) // batch, w).transpose(0, 2, 1))
 
 
 # ---------------------------------------------------------------- member index
@@ -348,8 +350,9 @@ class _Engine:
     # -- pivots
 
     def _cdist(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        # while background jobs hold the cores, more threads here only compete with them
-        busy = self.last_ahead is not None and not self.last_ahead.done()
+        # while background jobs hold the cores, more threads for a small call only compete
+        # with them; a big one (new leaders' distances for a large kept set) still needs them
+        busy = self.last_ahead is not None and not self.last_ahead.done() and len(a) * len(b) < SERIAL_PAIRS
         return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=1 if busy else self.cd_workers)
 
     def _pivots(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -446,60 +449,46 @@ class _Engine:
 
     # -- candidates
 
-    def _same_cluster(self, probes: np.ndarray, members: np.ndarray, out: list) -> None:
-        """Probes of one cluster × members of the same cluster: the bag bound densely, as one
-        matrix product, then the pivot window, length and order on the few pairs it leaves."""
-        if not len(members) or not len(probes):
-            return
-        lp, lm = self.lengths[probes].astype(np.int32), self.lengths[members].astype(np.int32)
-        overlap = bag_overlaps(self.counts[probes], self.counts[members])
-        if overlap is None:
-            rows, cols = np.nonzero(np.ones((len(probes), len(members)), dtype=bool))
-        else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
-            rows, cols = np.nonzero(2 * overlap >= self.need32[lp[:, None] + lm[None, :]])
-        self._order_tests(probes[rows], members[cols], len(probes) * len(members), out)
+    def _same_clusters(self, pairs: list[tuple[np.ndarray, np.ndarray]], out: list) -> None:
+        """Probes × members of their own cluster, for many clusters: the bag bound densely, as
+        matrix products, then the length bound, the pivot window and order on the few pairs it
+        leaves. Small clusters go BUCKET at a time, padded into one batched product: a call per
+        cluster costs more than its product when clusters are small."""
+        pairs = [(p, m) for p, m in pairs if len(p) and len(m)]
+        big = [[pm] for pm in pairs if len(pm[0]) * len(pm[1]) > SMALL_CLUSTER]
+        small = sorted((pm for pm in pairs if len(pm[0]) * len(pm[1]) <= SMALL_CLUSTER),
+                       key=lambda pm: (len(pm[1]), len(pm[0])))  # similar shapes: little padding
+        for bucket in big + [small[b:b + BUCKET] for b in range(0, len(small), BUCKET)]:
+            self._bound_bucket(bucket, out)
 
-    def _order_tests(self, p: np.ndarray, m: np.ndarray, bounded: int, out: list) -> None:
-        """Of pairs within one cluster that passed the bag bound: those with the member first
-        that pass the length bound and the pivot window on their shared leader."""
+    def _bound_bucket(self, bucket: list[tuple[np.ndarray, np.ndarray]], out: list) -> None:
+        # padded with each group's first row (a real sample, so the code widths stay its own)
+        pi = np.empty((len(bucket), max(len(p) for p, _ in bucket)), dtype=np.int64)
+        mi = np.empty((len(bucket), max(len(m) for _, m in bucket)), dtype=np.int64)
+        for g, (p, m) in enumerate(bucket):
+            pi[g], mi[g] = p[0], m[0]
+            pi[g, :len(p)], mi[g, :len(m)] = p, m
+        overlap = bag_overlaps(self.counts[pi.ravel()], self.counts[mi.ravel()], batch=len(bucket))
+        if overlap is None and len(bucket) > 1:  # one very long sample made the codes too wide
+            for pm in bucket:
+                self._bound_bucket([pm], out)
+            return
+        lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
+        if overlap is None:  # very long samples: the bag bound would cost more than it saves
+            hit = np.ones((len(bucket), pi.shape[1], mi.shape[1]), dtype=bool)
+        else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
+            hit = 2 * overlap >= self.need32[lp[:, :, None] + lm[:, None, :]]
+        n_p = np.array([len(p) for p, _ in bucket])
+        n_m = np.array([len(m) for _, m in bucket])
+        hit &= (np.arange(pi.shape[1]) < n_p[:, None])[:, :, None]  # not padding
+        hit &= (np.arange(mi.shape[1]) < n_m[:, None])[:, None, :]
+        g, x, y = np.nonzero(hit)
+        p, m = pi[g, x], mi[g, y]
         la, lb = self.lengths[p], self.lengths[m]
         tau = self.table32[la + lb]
         ok = (m < p) & (np.abs(la - lb) <= tau)
         ok &= np.abs(self.r[p].astype(np.int32) - self.r[m]) <= tau
-        out.append((p[ok], m[ok], bounded))
-
-    def _same_clusters(self, pairs: list[tuple[np.ndarray, np.ndarray]], out: list) -> None:
-        """``_same_cluster`` for many (probes, members) pairs of clusters: the small ones are
-        bounded together, a bucket of similar shapes padded into one batched matrix product,
-        since a call per cluster costs more than its product when clusters are small."""
-        small = []
-        for probes, members in pairs:
-            if len(probes) * len(members) > SMALL_CLUSTER:
-                self._same_cluster(probes, members, out)
-            elif len(probes) and len(members):
-                small.append((probes, members))
-        small.sort(key=lambda pm: (len(pm[1]), len(pm[0])))  # similar shapes: little padding
-        for b in range(0, len(small), BUCKET):
-            bucket = small[b:b + BUCKET]
-            # padded with each group's first row (a real sample, so the code widths stay its own)
-            pi = np.empty((len(bucket), max(len(p) for p, _ in bucket)), dtype=np.int64)
-            mi = np.empty((len(bucket), max(len(m) for _, m in bucket)), dtype=np.int64)
-            for g, (p, m) in enumerate(bucket):
-                pi[g], mi[g] = p[0], m[0]
-                pi[g, :len(p)], mi[g, :len(m)] = p, m
-            n_p = np.array([len(p) for p, _ in bucket])
-            n_m = np.array([len(m) for _, m in bucket])
-            overlap = bag_overlaps(self.counts[pi.ravel()], self.counts[mi.ravel()], batch=len(bucket))
-            if overlap is None:  # very long samples: the bag bound would cost more than it saves
-                for p, m in bucket:
-                    self._same_cluster(p, m, out)
-                continue
-            lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
-            hit = 2 * overlap >= self.need32[lp[:, :, None] + lm[:, None, :]]
-            hit &= (np.arange(pi.shape[1]) < n_p[:, None])[:, :, None]  # not padding
-            hit &= (np.arange(mi.shape[1]) < n_m[:, None])[:, None, :]
-            g, x, y = np.nonzero(hit)
-            self._order_tests(pi[g, x], mi[g, y], int(n_p @ n_m), out)
+        out.append((p[ok], m[ok], int(n_p @ n_m)))
 
     def _windows(self, probes: np.ndarray, pdist: np.ndarray, len_max: np.ndarray) -> tuple:
         """The pivot window of every probe × cluster, shared by both member sets.
@@ -580,6 +569,10 @@ class _Engine:
             return
         for _ in self.pool.map(lambda t: t[0](*t[1:]), tasks):
             pass
+
+    def _same_tasks(self, pairs: list, found: list) -> list[tuple]:
+        """Own-cluster work as search tasks, CLUSTERS_PER_TASK clusters each."""
+        return [(self._same_clusters, pairs[s:s + CLUSTERS_PER_TASK], found) for s in range(0, len(pairs), CLUSTERS_PER_TASK)]
 
     def _groups(self, probes: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Probes by own leader: (leader, probes in input order)."""
@@ -676,7 +669,7 @@ class _Engine:
         for k, pk in groups:
             cluster = both.ids[both.cluster(k)]
             own_kept.append((pk, cluster[cluster < act[0]]))  # kept earlier: all before the block
-        tasks = [(self._same_clusters, own_kept[s:s + CLUSTERS_PER_TASK], found) for s in range(0, len(own_kept), CLUSTERS_PER_TASK)]
+        tasks = self._same_tasks(own_kept, found)
         tasks += [(self._other_clusters, self._windows(probes[s:s + CHUNK], pdist[s:s + CHUNK], both.len_max), both, found)
                   for s in range(0, len(probes), CHUNK)]
         self._run(tasks, len(act))
@@ -686,7 +679,7 @@ class _Engine:
         left = dict(self._groups(members))
         found = []
         pairs = [(pk, left[k][left[k] < pk.max()]) for k, pk in groups if k in left]
-        self._run([(self._same_clusters, pairs[s:s + CLUSTERS_PER_TASK], found) for s in range(0, len(pairs), CLUSTERS_PER_TASK)], len(act))
+        self._run(self._same_tasks(pairs, found), len(act))
         more = self._verify(found)
         mi, mj, ms = (np.concatenate((x, y)) for x, y in zip(hits, more))
 

@@ -282,3 +282,19 @@ def test_bag_bound_never_exceeds_indel_even_with_folded_classes():
     indel = np.array([[Indel.distance(a, b) for b in texts] for a in texts])
     assert (bag <= indel).all()
     assert (bag[np.arange(150, 200), np.arange(50)] == 1).all()  # one inserted character: bound is tight
+
+
+def test_batched_bag_overlaps_equal_one_group_at_a_time():
+    # Small clusters are bounded together in one batched product; each group's block must
+    # be exactly what the group alone gives.
+    from pipeline.dedupe_index import _Classes, bag_overlaps
+
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("abcdefgh ij") for _ in range(rng.randint(0, 60))) for _ in range(3 * (8 + 5))]
+    counts = _Classes().counts(texts)
+    probes = np.arange(24).reshape(3, 8)
+    members = np.arange(24, 39).reshape(3, 5)
+    together = bag_overlaps(counts[probes.ravel()], counts[members.ravel()], batch=3)
+    assert together.shape == (3, 8, 5)
+    for g in range(3):
+        assert (together[g] == bag_overlaps(counts[probes[g]], counts[members[g]])).all()
