@@ -473,10 +473,10 @@ class _Engine:
             for pm in bucket:
                 self._bound_bucket([pm], out)
             return
-        lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
         if overlap is None:  # very long samples: the bag bound would cost more than it saves
             hit = np.ones((len(bucket), pi.shape[1], mi.shape[1]), dtype=bool)
         else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
+            lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
             hit = 2 * overlap >= self.need32[lp[:, :, None] + lm[:, None, :]]
         n_p = np.array([len(p) for p, _ in bucket])
         n_m = np.array([len(m) for _, m in bucket])
