@@ -297,6 +297,11 @@ def dedupe_processed(
         close()
 
 
+def indel_matrix(a: Sequence[str], b: Sequence[str], workers: int) -> np.ndarray:
+    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances."""
+    return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers)
+
+
 def _lower_priority() -> None:
     """Runs in each background pivot thread: on Linux a thread has its own niceness."""
     try:
@@ -353,7 +358,7 @@ class _Engine:
         # while background jobs hold the cores, more threads for a small call only compete
         # with them; a big one (new leaders' distances for a large kept set) still needs them
         busy = self.last_ahead is not None and not self.last_ahead.done() and len(a) * len(b) < SERIAL_PAIRS
-        return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=1 if busy else self.cd_workers)
+        return indel_matrix(a, b, 1 if busy else self.cd_workers)
 
     def _pivots(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distances of this block's samples to every leader (new leaders included), exact int32,
@@ -425,8 +430,7 @@ class _Engine:
         leaders = [texts[p] for p in self.leaders]
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
-            fut = self.last_ahead = self.ahead_pool.submit(process.cdist, part, leaders, scorer=Indel.distance,
-                                                           processor=None, dtype=np.int32, workers=1)
+            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, leaders, 1)
             ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
@@ -443,7 +447,7 @@ class _Engine:
                 missing.setdefault(p0, []).append(x)
         for p0, rows in missing.items():
             out[rows, p0:] = self._cdist([act_texts[x] for x in rows], leaders[p0:])
-        for t in act_texts:
+        for t in act_texts:  # after the loop above: a text twice in a block reads its row twice
             self.ahead.pop(t, None)
         return out
 
@@ -462,9 +466,11 @@ class _Engine:
             self._bound_bucket(bucket, out)
 
     def _bound_bucket(self, bucket: list[tuple[np.ndarray, np.ndarray]], out: list) -> None:
+        n_p = np.array([len(p) for p, _ in bucket])
+        n_m = np.array([len(m) for _, m in bucket])
         # padded with each group's first row (a real sample, so the code widths stay its own)
-        pi = np.empty((len(bucket), max(len(p) for p, _ in bucket)), dtype=np.int64)
-        mi = np.empty((len(bucket), max(len(m) for _, m in bucket)), dtype=np.int64)
+        pi = np.empty((len(bucket), n_p.max()), dtype=np.int64)
+        mi = np.empty((len(bucket), n_m.max()), dtype=np.int64)
         for g, (p, m) in enumerate(bucket):
             pi[g], mi[g] = p[0], m[0]
             pi[g, :len(p)], mi[g, :len(m)] = p, m
@@ -478,8 +484,6 @@ class _Engine:
         else:  # bag <= tau  <=>  2 * overlap >= L - tau(L)
             lp, lm = self.lengths[pi].astype(np.int32), self.lengths[mi].astype(np.int32)
             hit = 2 * overlap >= self.need32[lp[:, :, None] + lm[:, None, :]]
-        n_p = np.array([len(p) for p, _ in bucket])
-        n_m = np.array([len(m) for _, m in bucket])
         hit &= (np.arange(pi.shape[1]) < n_p[:, None])[:, :, None]  # not padding
         hit &= (np.arange(mi.shape[1]) < n_m[:, None])[:, None, :]
         g, x, y = np.nonzero(hit)
@@ -683,7 +687,7 @@ class _Engine:
         more = self._verify(found)
         mi, mj, ms = (np.concatenate((x, y)) for x, y in zip(hits, more))
 
-        # 4. resolve in input order: only kept samples can cause a drop
+        # 3. resolve in input order: only kept samples can cause a drop
         if len(mi):
             order = np.lexsort((mj, -ms, mi))  # by probe, then best score, then earliest
             mi, mj, ms = mi[order], mj[order], ms[order]
