@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import Indel
+from rapidfuzz.distance import LCSseq, Indel
 
 # A sample joins the nearest leader when indel / (len_a + len_p) <= RHO
 # (fuzz.ratio >= 55): samples of one generator pattern then share a leader,
@@ -69,6 +69,14 @@ RHO = 0.45
 MAX_LEADERS = 448
 LEADER_EVERY = 67
 LEADER_BATCH = 64
+# A leader's pivot is its skeleton (see skeleton()) with up to PARTNERS other samples
+# of its cluster that differ from it by more than PARTNER_MIN (its near-twins would
+# keep the fillers in), cut to PIVOT_LEN characters: rapidfuzz's SIMD path.
+PARTNERS = 1
+PARTNER_SCAN = 4096  # samples searched for partners, from the first new leader on
+PARTNER_MIN = 0.2
+PIVOT_LEN = 64
+SKELETON_PAIRS = 1 << 22
 BLOCK = 16384
 MIN_BLOCK = 2048
 # Pivot distances are stored clipped to a byte: |clip(x) - clip(y)| <= |x - y|,
@@ -79,6 +87,9 @@ CLASSES = 64
 # A group whose thermometer codes would be wider than this (very long samples)
 # skips the bag bound and goes straight to verification.
 MAX_CODE = 1024
+# A bag bound call with at most this many pairs sums min(a_c, b_c) directly: for a
+# few pairs the thermometer codes cost more than the product saves.
+DIRECT_PAIRS = 1 << 15
 # Pairs per verification job and per candidate-expansion chunk.
 JOB_PAIRS = 65536
 EXPAND_PAIRS = 1 << 22
@@ -186,14 +197,21 @@ class _Classes:
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         flat = np.bincount(rows * CLASSES + codes, minlength=len(texts) * CLASSES)
-        return flat.reshape(len(texts), CLASSES).astype(np.uint16)
+        return flat.reshape(len(texts), CLASSES).astype(_count_dtype(int(flat.max(initial=0))))
+
+
+def _count_dtype(largest: int) -> type:
+    """uint16 counts halve the memory, but a sample with 65,536 copies of one class would
+    wrap around, and a wrapped count makes the bag bound larger than indel."""
+    return np.uint16 if largest < 1 << 16 else np.uint32
 
 
 def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
     """Thermometer codes: class c's count k becomes k ones in a field of width[c]."""
     cols = np.repeat(np.arange(len(width)), width)
-    steps = np.arange(int(width.sum())) - np.repeat(np.cumsum(width) - width, width)
-    return (counts[:, cols] > steps).astype(np.float32)
+    # in the counts' own dtype: int64 steps would widen every count first (twice as slow)
+    steps = (np.arange(int(width.sum())) - np.repeat(np.cumsum(width) - width, width)).astype(counts.dtype)
+    return (counts[:, cols] > steps).view(np.uint8).astype(np.float32)
 
 
 def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray, batch: int = 0) -> np.ndarray | None:
@@ -204,6 +222,12 @@ def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray, batch: int = 0) -> 
     sides are that many equal groups of rows, and only pairs within a group are
     scored (batch × rows_a × rows_b).
     """
+    groups = batch or 1
+    if len(counts_a) * len(counts_b) // groups <= DIRECT_PAIRS:
+        a = counts_a.reshape(groups, len(counts_a) // groups, 1, counts_a.shape[1])
+        b = counts_b.reshape(groups, 1, len(counts_b) // groups, counts_b.shape[1])
+        overlap = np.minimum(a, b).sum(axis=-1, dtype=np.int64)
+        return overlap if batch else overlap[0]
     both = np.concatenate((counts_a, counts_b))
     width = both.max(axis=0, initial=0).astype(np.int64)
     if width.sum() > MAX_CODE:
@@ -298,8 +322,30 @@ def dedupe_processed(
 
 
 def indel_matrix(a: Sequence[str], b: Sequence[str], workers: int) -> np.ndarray:
-    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances."""
-    return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers)
+    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances.
+
+    ``b`` are rapidfuzz's queries: it packs queries of at most 64 characters
+    into SIMD lanes, several times faster than one long query at a time, and
+    pivots are that short.
+    """
+    return np.ascontiguousarray(process.cdist(b, a, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers).T)
+
+
+def skeleton(seed: str, partners: Sequence[str]) -> str:
+    """A pivot for ``seed``'s cluster: what it has in common with other samples of its pattern.
+
+    The longest common subsequence of samples built from one pattern with
+    different slot fillers is roughly the pattern's fixed text. As a pivot it
+    sits about as far from every sample of the pattern (their fillers) and
+    far from other patterns, like the whole sample would, and it is short, so
+    distances to it are several times cheaper. Any string is a valid pivot;
+    this one is only a good one.
+    """
+    common = seed
+    for other in partners:
+        if len(common) * len(other) <= SKELETON_PAIRS:  # opcodes keep a bit matrix of that size
+            common = "".join(common[o.src_start:o.src_end] for o in LCSseq.opcodes(common, other) if o.tag == "equal")
+    return common[:PIVOT_LEN]
 
 
 def _lower_priority() -> None:
@@ -341,9 +387,11 @@ class _Engine:
         self.dist = np.zeros((n, self.cap), dtype=np.uint8)  # clipped distance to every leader
         self.own = np.zeros(n, dtype=np.int64)
         self.r = np.zeros(n, dtype=np.uint8)  # clipped distance to the own leader
-        self.counts = np.zeros((n, CLASSES), dtype=np.uint16)
+        self.counts = np.zeros((n, CLASSES), dtype=_count_dtype(longest))
         self.classes = _Classes()
         self.leaders: list[int] = []
+        self.pivots: list[str] = []  # per leader: the string distances are taken to
+        self.pivot_len = np.zeros(self.cap, dtype=np.int64)
         self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order
         # per cluster and leader: the smallest and largest clipped distance of a kept member
         # to that leader, so a probe skips clusters whose members are all too far from its own
@@ -380,12 +428,19 @@ class _Engine:
         own = np.zeros(A, dtype=np.int64)
         if P:
             full[:, :P] = self._ahead_rows(act_texts)
-            _nearest(full[:, :P], act_len, lengths[self.leaders], 0, spread, own)
+            _nearest(full[:, :P], act_len, self.pivot_len[:P], 0, spread, own)
         row = 0
         while len(self.leaders) < self.cap:
             far = np.flatnonzero(spread[row:] > RHO)[:LEADER_BATCH] + row
             if not len(far):
                 break
+            if self.leaders:  # far from every pivot, but is it far from every leader's whole text?
+                whole = self._cdist([act_texts[x] for x in far.tolist()], [texts[p] for p in self.leaders])
+                lone = (whole / np.maximum(act_len[far][:, None] + lengths[self.leaders][None, :], 1)).min(axis=1) > RHO
+                if not lone.any():
+                    row = int(far[-1]) + 1
+                    continue
+                far = far[lone]
             among = self._cdist([act_texts[x] for x in far.tolist()], [act_texts[x] for x in far.tolist()])
             among = among / np.maximum(act_len[far][:, None] + act_len[far][None, :], 1)
             chosen: list[int] = []
@@ -399,17 +454,35 @@ class _Engine:
             new = far[chosen]
             k0 = len(self.leaders)
             self.leaders.extend(act[new].tolist())
-            cols = self._cdist(act_texts, [act_texts[x] for x in new.tolist()])
+            pivots = self._new_pivots(act_texts, act_len, new)
+            self.pivots.extend(pivots)
+            self.pivot_len[k0:k0 + len(new)] = [len(p) for p in pivots]
+            cols = self._cdist(act_texts, pivots)
             full[:, k0:k0 + len(new)] = cols
-            _nearest(cols, act_len, act_len[new], k0, spread, own)
+            _nearest(cols, act_len, self.pivot_len[k0:k0 + len(new)], k0, spread, own)
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
-                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], [act_texts[x] for x in new.tolist()]), CLIP)
+                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], pivots), CLIP)
                 self.dist[self.kept, k0:k0 + len(new)] = back
                 _widen_ranges(self.amin, self.amax, self.own[self.kept], back, slice(k0, k0 + len(new)))
             # a far sample of the batch that was not chosen is within RHO of a new leader,
             # so the walk goes on after the last one chosen, as it would one at a time
             row = int(far[chosen[-1]]) + 1
         return full[:, : len(self.leaders)], own
+
+    def _new_pivots(self, act_texts: list[str], act_len: np.ndarray, new: np.ndarray) -> list[str]:
+        """Pivots of new leaders (rows ``new`` of the block): each one's skeleton with partners
+        from this block, samples within RHO of it but not its near-twins."""
+        seeds = [act_texts[x] for x in new.tolist()]
+        scan = slice(int(new[0]), int(new[0]) + PARTNER_SCAN)  # whole texts: bounded work per new leader
+        ratio = self._cdist(act_texts[scan], seeds) / np.maximum(act_len[scan, None] + act_len[new][None, :], 1)
+        pivots = []
+        ratio[ratio <= PARTNER_MIN] = np.inf  # near-twins share the fillers too
+        for j, seed in enumerate(seeds):
+            # the closest others: the most likely to be the seed's own pattern
+            partners = np.argsort(ratio[:, j], kind="stable")[:PARTNERS]
+            partners = partners[ratio[partners, j] <= RHO] + scan.start
+            pivots.append(skeleton(seed, [act_texts[x] for x in partners.tolist()]))
+        return pivots
 
     def _prefetch(self, start: int, end: int) -> None:
         """Starts scoring samples ``start..end`` against the current leaders in the background.
@@ -427,15 +500,15 @@ class _Engine:
         self.ahead_end = end
         texts, seen, ahead = self.texts, self.first, self.ahead
         cand = list(dict.fromkeys(t for t in texts[start:end] if t not in seen and t not in ahead))
-        leaders = [texts[p] for p in self.leaders]
+        pivots = list(self.pivots)
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
-            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, leaders, 1)
-            ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
+            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, pivots, 1)
+            ahead.update((t, (fut, row, len(pivots))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
         """Distances of these samples to the current leaders, from the prefetch where it has them."""
-        P, leaders = len(self.leaders), [self.texts[p] for p in self.leaders]
+        P, pivots = len(self.pivots), self.pivots
         out = np.empty((len(act_texts), P), dtype=np.int32)
         missing: dict[int, list[int]] = {}  # first leader column a row lacks -> rows
         for x, t in enumerate(act_texts):
@@ -446,7 +519,7 @@ class _Engine:
             if p0 < P:  # not prefetched, or leaders founded since
                 missing.setdefault(p0, []).append(x)
         for p0, rows in missing.items():
-            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], leaders[p0:])
+            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], pivots[p0:])
         for t in act_texts:  # after the loop above: a text twice in a block reads its row twice
             self.ahead.pop(t, None)
         return out

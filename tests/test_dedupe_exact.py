@@ -263,12 +263,25 @@ def test_long_samples_and_other_scripts():
     assert_same(texts, 90)
 
 
-def test_bag_bound_never_exceeds_indel_even_with_folded_classes():
+def test_more_than_65535_copies_of_a_character_still_match():
+    # Character counts are 16-bit where they fit; a longer run must not wrap around and
+    # make the bag bound rule out a pair that scores 99.
+    texts = ["a" * 70_000, "a" * 69_000, "b" + "a" * 69_500]
+    assert_same(texts, 90)
+    assert (dedupe_processed(texts, 90).matched == [-1, 0, 0]).all()
+
+
+@pytest.mark.parametrize("direct_pairs", [0, 1 << 20], ids=["thermometer-product", "direct-sum"])
+def test_bag_bound_never_exceeds_indel_even_with_folded_classes(monkeypatch, direct_pairs):
     # More distinct characters than CLASSES fold together; the bound must stay below indel
-    # for every pair, or the engine would skip a pair that can match.
+    # for every pair, or the engine would skip a pair that can match. Both ways of summing
+    # the overlaps (small calls directly, big ones as a matrix product) are checked.
     from rapidfuzz.distance import Indel
 
+    import pipeline.dedupe_index as engine
     from pipeline.dedupe_index import CLASSES, _Classes, bag_overlaps
+
+    monkeypatch.setattr(engine, "DIRECT_PAIRS", direct_pairs)
 
     rng = random.Random(7)
     alphabet = [chr(c) for c in range(0x400, 0x400 + 3 * CLASSES)]
@@ -298,3 +311,23 @@ def test_batched_bag_overlaps_equal_one_group_at_a_time():
     assert together.shape == (3, 8, 5)
     for g in range(3):
         assert (together[g] == bag_overlaps(counts[probes[g]], counts[members[g]])).all()
+
+
+def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
+    # A leader's pivot is what it shares with another sample of its pattern: a subsequence
+    # of both, at most PIVOT_LEN long (rapidfuzz's SIMD path), and the seed's own prefix
+    # when it has no partner.
+    from rapidfuzz.distance import LCSseq
+
+    from pipeline.dedupe_index import PIVOT_LEN, skeleton
+
+    seed = "the old lighthouse keeper told a joke about the sea and nobody laughed at all that night"
+    partner = "the young baker told a joke about the bread and nobody laughed at all that morning"
+    pivot = skeleton(seed, [partner])
+    assert 0 < len(pivot) <= PIVOT_LEN
+    for text in (seed, partner):
+        assert LCSseq.similarity(pivot, text) == len(pivot)
+    assert "told a joke about the" in pivot
+    assert skeleton(seed, []) == seed[:PIVOT_LEN]
+    huge = "ab" * 50_000  # too big for the common-subsequence matrix: the seed's prefix instead
+    assert skeleton(huge, [huge[1:]]) == huge[:PIVOT_LEN]
