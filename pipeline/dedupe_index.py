@@ -11,9 +11,11 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 1. **Exact copies** of a kept sample (same ``default_process`` text): a hash
    lookup, score 100.
 2. **Pivots.** Samples are grouped around *leaders*: a sample farther than
-   ``RHO`` from every leader becomes one. Every sample's indel distance to every
-   leader is computed once; by the triangle inequality
-   ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any string ``p``. Kept
+   ``RHO`` from every leader becomes one. Each leader has a *pivot*, a short
+   string it shares with another sample of its pattern (``skeleton``), and
+   every sample's indel distance to every pivot is computed once; by the
+   triangle inequality ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any
+   string ``p``. Kept
    samples are indexed by (own leader, distance to it), so a probe only meets,
    in each other cluster, the members in the window
    ``[indel(a, p) - max_indel, indel(a, p) + max_indel]`` (a table lookup, no
@@ -35,7 +37,7 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 
 Samples go through in blocks: each block is checked against the kept samples
 of earlier blocks and against itself, then resolved in input order, so a
-sample dropped earlier can never cause a later drop. Distances to leaders
+sample dropped earlier can never cause a later drop. Distances to pivots
 depend on no verdict, so the next block's are scored in the background while
 a block is searched.
 
@@ -63,7 +65,7 @@ from rapidfuzz.distance import LCSseq, Indel
 # while different patterns sit ~0.55 apart. (0.4 made more leaders from
 # variants of a pattern: 20% slower at 20k and 100k on the benchmark corpus.)
 RHO = 0.45
-# Every sample is scored against every leader, so leaders cost n * leaders full
+# Every sample is scored against every pivot, so leaders cost n * leaders short
 # scores; past the cap (n / LEADER_EVERY, at most MAX_LEADERS) samples join the
 # nearest leader however far (still exact, only less pruning).
 MAX_LEADERS = 448
