@@ -11,11 +11,9 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 1. **Exact copies** of a kept sample (same ``default_process`` text): a hash
    lookup, score 100.
 2. **Pivots.** Samples are grouped around *leaders*: a sample farther than
-   ``RHO`` from every leader becomes one. Each leader has a *pivot*, a short
-   string it shares with another sample of its pattern (``skeleton``), and
-   every sample's indel distance to every pivot is computed once; by the
-   triangle inequality ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any
-   string ``p``. Kept
+   ``RHO`` from every leader becomes one. Every sample's indel distance to every
+   leader is computed once; by the triangle inequality
+   ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any string ``p``. Kept
    samples are indexed by (own leader, distance to it), so a probe only meets,
    in each other cluster, the members in the window
    ``[indel(a, p) - max_indel, indel(a, p) + max_indel]`` (a table lookup, no
@@ -37,7 +35,7 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 
 Samples go through in blocks: each block is checked against the kept samples
 of earlier blocks and against itself, then resolved in input order, so a
-sample dropped earlier can never cause a later drop. Distances to pivots
+sample dropped earlier can never cause a later drop. Distances to leaders
 depend on no verdict, so the next block's are scored in the background while
 a block is searched.
 
@@ -58,27 +56,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import LCSseq, Indel
+from rapidfuzz.distance import Indel
 
 # A sample joins the nearest leader when indel / (len_a + len_p) <= RHO
 # (fuzz.ratio >= 55): samples of one generator pattern then share a leader,
 # while different patterns sit ~0.55 apart. (0.4 made more leaders from
 # variants of a pattern: 20% slower at 20k and 100k on the benchmark corpus.)
 RHO = 0.45
-# Every sample is scored against every pivot, so leaders cost n * leaders short
+# Every sample is scored against every leader, so leaders cost n * leaders full
 # scores; past the cap (n / LEADER_EVERY, at most MAX_LEADERS) samples join the
 # nearest leader however far (still exact, only less pruning).
 MAX_LEADERS = 448
 LEADER_EVERY = 67
 LEADER_BATCH = 64
-# A leader's pivot is its skeleton (see skeleton()) with up to PARTNERS other samples
-# of its cluster that differ from it by more than PARTNER_MIN (its near-twins would
-# keep the fillers in), cut to PIVOT_LEN characters: rapidfuzz's SIMD path.
-PARTNERS = 1
-PARTNER_SCAN = 4096  # samples searched for partners, from the first new leader on
-PARTNER_MIN = 0.2
-PIVOT_LEN = 64
-SKELETON_PAIRS = 1 << 22
 BLOCK = 16384
 MIN_BLOCK = 2048
 # Pivot distances are stored clipped to a byte: |clip(x) - clip(y)| <= |x - y|,
@@ -324,30 +314,8 @@ def dedupe_processed(
 
 
 def indel_matrix(a: Sequence[str], b: Sequence[str], workers: int) -> np.ndarray:
-    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances.
-
-    ``b`` are rapidfuzz's queries: it packs queries of at most 64 characters
-    into SIMD lanes, several times faster than one long query at a time, and
-    pivots are that short.
-    """
-    return np.ascontiguousarray(process.cdist(b, a, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers).T)
-
-
-def skeleton(seed: str, partners: Sequence[str]) -> str:
-    """A pivot for ``seed``'s cluster: what it has in common with other samples of its pattern.
-
-    The longest common subsequence of samples built from one pattern with
-    different slot fillers is roughly the pattern's fixed text. As a pivot it
-    sits about as far from every sample of the pattern (their fillers) and
-    far from other patterns, like the whole sample would, and it is short, so
-    distances to it are several times cheaper. Any string is a valid pivot;
-    this one is only a good one.
-    """
-    common = seed
-    for other in partners:
-        if len(common) * len(other) <= SKELETON_PAIRS:  # opcodes keep a bit matrix of that size
-            common = "".join(common[o.src_start:o.src_end] for o in LCSseq.opcodes(common, other) if o.tag == "equal")
-    return common[:PIVOT_LEN]
+    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances."""
+    return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers)
 
 
 def _lower_priority() -> None:
@@ -392,8 +360,6 @@ class _Engine:
         self.counts = np.zeros((n, CLASSES), dtype=_count_dtype(longest))
         self.classes = _Classes()
         self.leaders: list[int] = []
-        self.pivots: list[str] = []  # per leader: the string distances are taken to
-        self.pivot_len = np.zeros(self.cap, dtype=np.int64)
         self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order
         # per cluster and leader: the smallest and largest clipped distance of a kept member
         # to that leader, so a probe skips clusters whose members are all too far from its own
@@ -430,19 +396,12 @@ class _Engine:
         own = np.zeros(A, dtype=np.int64)
         if P:
             full[:, :P] = self._ahead_rows(act_texts)
-            _nearest(full[:, :P], act_len, self.pivot_len[:P], 0, spread, own)
+            _nearest(full[:, :P], act_len, lengths[self.leaders], 0, spread, own)
         row = 0
         while len(self.leaders) < self.cap:
             far = np.flatnonzero(spread[row:] > RHO)[:LEADER_BATCH] + row
             if not len(far):
                 break
-            if self.leaders:  # far from every pivot, but is it far from every leader's whole text?
-                whole = self._cdist([act_texts[x] for x in far.tolist()], [texts[p] for p in self.leaders])
-                lone = (whole / np.maximum(act_len[far][:, None] + lengths[self.leaders][None, :], 1)).min(axis=1) > RHO
-                if not lone.any():
-                    row = int(far[-1]) + 1
-                    continue
-                far = far[lone]
             among = self._cdist([act_texts[x] for x in far.tolist()], [act_texts[x] for x in far.tolist()])
             among = among / np.maximum(act_len[far][:, None] + act_len[far][None, :], 1)
             chosen: list[int] = []
@@ -456,35 +415,17 @@ class _Engine:
             new = far[chosen]
             k0 = len(self.leaders)
             self.leaders.extend(act[new].tolist())
-            pivots = self._new_pivots(act_texts, act_len, new)
-            self.pivots.extend(pivots)
-            self.pivot_len[k0:k0 + len(new)] = [len(p) for p in pivots]
-            cols = self._cdist(act_texts, pivots)
+            cols = self._cdist(act_texts, [act_texts[x] for x in new.tolist()])
             full[:, k0:k0 + len(new)] = cols
-            _nearest(cols, act_len, self.pivot_len[k0:k0 + len(new)], k0, spread, own)
+            _nearest(cols, act_len, act_len[new], k0, spread, own)
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
-                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], pivots), CLIP)
+                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], [act_texts[x] for x in new.tolist()]), CLIP)
                 self.dist[self.kept, k0:k0 + len(new)] = back
                 _widen_ranges(self.amin, self.amax, self.own[self.kept], back, slice(k0, k0 + len(new)))
             # a far sample of the batch that was not chosen is within RHO of a new leader,
             # so the walk goes on after the last one chosen, as it would one at a time
             row = int(far[chosen[-1]]) + 1
         return full[:, : len(self.leaders)], own
-
-    def _new_pivots(self, act_texts: list[str], act_len: np.ndarray, new: np.ndarray) -> list[str]:
-        """Pivots of new leaders (rows ``new`` of the block): each one's skeleton with partners
-        from this block, samples within RHO of it but not its near-twins."""
-        seeds = [act_texts[x] for x in new.tolist()]
-        scan = slice(int(new[0]), int(new[0]) + PARTNER_SCAN)  # whole texts: bounded work per new leader
-        ratio = self._cdist(act_texts[scan], seeds) / np.maximum(act_len[scan, None] + act_len[new][None, :], 1)
-        pivots = []
-        ratio[ratio <= PARTNER_MIN] = np.inf  # near-twins share the fillers too
-        for j, seed in enumerate(seeds):
-            # the closest others: the most likely to be the seed's own pattern
-            partners = np.argsort(ratio[:, j], kind="stable")[:PARTNERS]
-            partners = partners[ratio[partners, j] <= RHO] + scan.start
-            pivots.append(skeleton(seed, [act_texts[x] for x in partners.tolist()]))
-        return pivots
 
     def _prefetch(self, start: int, end: int) -> None:
         """Starts scoring samples ``start..end`` against the current leaders in the background.
@@ -502,15 +443,15 @@ class _Engine:
         self.ahead_end = end
         texts, seen, ahead = self.texts, self.first, self.ahead
         cand = list(dict.fromkeys(t for t in texts[start:end] if t not in seen and t not in ahead))
-        pivots = list(self.pivots)
+        leaders = [texts[p] for p in self.leaders]
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
-            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, pivots, 1)
-            ahead.update((t, (fut, row, len(pivots))) for row, t in enumerate(part))
+            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, leaders, 1)
+            ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
         """Distances of these samples to the current leaders, from the prefetch where it has them."""
-        P, pivots = len(self.pivots), self.pivots
+        P, leaders = len(self.leaders), [self.texts[p] for p in self.leaders]
         out = np.empty((len(act_texts), P), dtype=np.int32)
         missing: dict[int, list[int]] = {}  # first leader column a row lacks -> rows
         for x, t in enumerate(act_texts):
@@ -521,7 +462,7 @@ class _Engine:
             if p0 < P:  # not prefetched, or leaders founded since
                 missing.setdefault(p0, []).append(x)
         for p0, rows in missing.items():
-            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], pivots[p0:])
+            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], leaders[p0:])
         for t in act_texts:  # after the loop above: a text twice in a block reads its row twice
             self.ahead.pop(t, None)
         return out

@@ -312,22 +312,3 @@ def test_batched_bag_overlaps_equal_one_group_at_a_time():
     for g in range(3):
         assert (together[g] == bag_overlaps(counts[probes[g]], counts[members[g]])).all()
 
-
-def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
-    # A leader's pivot is what it shares with another sample of its pattern: a subsequence
-    # of both, at most PIVOT_LEN long (rapidfuzz's SIMD path), and the seed's own prefix
-    # when it has no partner.
-    from rapidfuzz.distance import LCSseq
-
-    from pipeline.dedupe_index import PIVOT_LEN, skeleton
-
-    seed = "the old lighthouse keeper told a joke about the sea and nobody laughed at all that night"
-    partner = "the young baker told a joke about the bread and nobody laughed at all that morning"
-    pivot = skeleton(seed, [partner])
-    assert 0 < len(pivot) <= PIVOT_LEN
-    for text in (seed, partner):
-        assert LCSseq.similarity(pivot, text) == len(pivot)
-    assert "told a joke about the" in pivot
-    assert skeleton(seed, []) == seed[:PIVOT_LEN]
-    huge = "ab" * 50_000  # too big for the common-subsequence matrix: the seed's prefix instead
-    assert skeleton(huge, [huge[1:]]) == huge[:PIVOT_LEN]
