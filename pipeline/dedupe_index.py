@@ -189,13 +189,7 @@ class _Classes:
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         flat = np.bincount(rows * CLASSES + codes, minlength=len(texts) * CLASSES)
-        return flat.reshape(len(texts), CLASSES).astype(_count_dtype(int(flat.max(initial=0))))
-
-
-def _count_dtype(largest: int) -> type:
-    """uint16 counts halve the memory, but a sample with 65,536 copies of one class would
-    wrap around, and a wrapped count makes the bag bound larger than indel."""
-    return np.uint16 if largest < 1 << 16 else np.uint32
+        return flat.reshape(len(texts), CLASSES)  # exact; the engine's store picks the width
 
 
 def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -203,7 +197,7 @@ def _codes(counts: np.ndarray, width: np.ndarray) -> np.ndarray:
     cols = np.repeat(np.arange(len(width)), width)
     # in the counts' own dtype: int64 steps would widen every count first (twice as slow)
     steps = (np.arange(int(width.sum())) - np.repeat(np.cumsum(width) - width, width)).astype(counts.dtype)
-    return (counts[:, cols] > steps).view(np.uint8).astype(np.float32)
+    return (counts[:, cols] > steps).astype(np.float32)
 
 
 def bag_overlaps(counts_a: np.ndarray, counts_b: np.ndarray, batch: int = 0) -> np.ndarray | None:
@@ -357,7 +351,9 @@ class _Engine:
         self.dist = np.zeros((n, self.cap), dtype=np.uint8)  # clipped distance to every leader
         self.own = np.zeros(n, dtype=np.int64)
         self.r = np.zeros(n, dtype=np.uint8)  # clipped distance to the own leader
-        self.counts = np.zeros((n, CLASSES), dtype=_count_dtype(longest))
+        # uint16 halves the memory, but 65,536 copies of one class would wrap around, and a
+        # wrapped count makes the bag bound larger than indel
+        self.counts = np.zeros((n, CLASSES), dtype=np.uint16 if longest < 1 << 16 else np.uint32)
         self.classes = _Classes()
         self.leaders: list[int] = []
         self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order

@@ -350,17 +350,17 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w"):
 
 def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Write records atomically, validating each; return how many were written."""
-    n = 0
     seen: set[str] = set()
-    with atomic_writer(path) as fh:
+
+    def checked() -> Iterator[str]:
         for n, record in enumerate(records, start=1):
             check_record(record, path, None)
             if record["id"] in seen:
                 raise RecordError(path, n, "id", f"duplicate id {record['id']} while writing")
             seen.add(record["id"])
-            fh.write(dumps(record))
-            fh.write("\n")
-    return n
+            yield dumps(record)
+
+    return write_lines(path, checked())
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
@@ -382,12 +382,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Any JSON-lines file (reports, generations), atomically."""
-    n = 0
-    with atomic_writer(path) as fh:
-        for n, row in enumerate(rows, start=1):
-            fh.write(dumps(row))
-            fh.write("\n")
-    return n
+    return write_lines(path, map(dumps, rows))
 
 
 def append_jsonl(path: str | os.PathLike, row: dict, *, fsync: bool = True) -> None:
