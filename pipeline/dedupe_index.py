@@ -11,10 +11,13 @@ proves a pair's indel distance is larger, and skips it, or passes it on:
 1. **Exact copies** of a kept sample (same ``default_process`` text): a hash
    lookup, score 100.
 2. **Pivots.** Samples are grouped around *leaders*: a sample farther than
-   ``RHO`` from every leader becomes one. Every sample's indel distance to every
-   leader is computed once; by the triangle inequality
+   ``RHO`` from every leader becomes one. Each leader has a pivot string ``p``:
+   its whole text, or for inputs up to ``SKELETON_MAX`` samples its skeleton
+   (what it shares with another sample of its pattern, at most 64 characters,
+   several times cheaper to score against). Every sample's indel distance to
+   every pivot is computed once; by the triangle inequality
    ``indel(a, b) >= |indel(a, p) - indel(b, p)|`` for any string ``p``. Kept
-   samples are indexed by (own leader, distance to it), so a probe only meets,
+   samples are indexed by (own leader, distance to its pivot), so a probe only meets,
    in each other cluster, the members in the window
    ``[indel(a, p) - max_indel, indel(a, p) + max_indel]`` (a table lookup, no
    scan), and of those only the ones that also pass the same test on the
@@ -56,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import Indel
+from rapidfuzz.distance import Indel, LCSseq
 
 # A sample joins the nearest leader when indel / (len_a + len_p) <= RHO
 # (fuzz.ratio >= 55): samples of one generator pattern then share a leader,
@@ -69,6 +72,19 @@ RHO = 0.45
 MAX_LEADERS = 448
 LEADER_EVERY = 67
 LEADER_BATCH = 64
+# Up to this many samples a leader's pivot is its *skeleton* (see skeleton()): what it
+# shares with one other sample of its cluster that differs from it by more than
+# PARTNER_MIN (a near-twin would keep the fillers in), cut to PIVOT_LEN characters, the
+# most rapidfuzz packs into SIMD lanes: distances to it are ~5x cheaper. Its windows
+# are tight while clusters are small and widen as they grow (a distance to a short
+# pivot tracks the sample's length), so bigger inputs take the whole leader text.
+# Measured, paired in one process: 1.34x faster at 20k, 1.30x at 50k, 0.96x at
+# 100k, 0.72x at 200k; hostile corpus the same at 20k.
+SKELETON_MAX = 50_000
+PARTNER_SCAN = 4096  # samples searched for a partner, from the first new leader on
+PARTNER_MIN = 0.2
+PIVOT_LEN = 64
+SKELETON_PAIRS = 1 << 22  # LCSseq.opcodes keeps a bit matrix of len_a x len_b
 BLOCK = 16384
 MIN_BLOCK = 2048
 # Pivot distances are stored clipped to a byte: |clip(x) - clip(y)| <= |x - y|,
@@ -308,8 +324,33 @@ def dedupe_processed(
 
 
 def indel_matrix(a: Sequence[str], b: Sequence[str], workers: int) -> np.ndarray:
-    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances."""
+    """Exact indel distances of every ``a`` × ``b`` pair (int32): the pivot distances.
+
+    When every ``b`` has at most 64 characters (skeleton pivots) they are
+    rapidfuzz's queries: it packs such queries into SIMD lanes, several times
+    faster than one long query at a time.
+    """
+    if b and max(map(len, b)) <= PIVOT_LEN:
+        return np.ascontiguousarray(process.cdist(b, a, scorer=Indel.distance, processor=None, dtype=np.int32,
+                                                  workers=workers).T)
     return process.cdist(a, b, scorer=Indel.distance, processor=None, dtype=np.int32, workers=workers)
+
+
+def skeleton(seed: str, partner: str | None) -> str:
+    """A pivot for ``seed``'s cluster: what it has in common with another sample of its pattern.
+
+    The longest common subsequence of two samples built from one pattern with
+    different slot fillers is roughly the pattern's fixed text. As a pivot it
+    sits about as far from every sample of the pattern and far from other
+    patterns, like the whole sample would, and it is short, so distances to it
+    are several times cheaper. Any string is a valid pivot; this is only a good
+    one. Without a partner (or when the pair is too big to align) it is the
+    seed's prefix.
+    """
+    common = seed
+    if partner is not None and len(seed) * len(partner) <= SKELETON_PAIRS:
+        common = "".join(seed[o.src_start:o.src_end] for o in LCSseq.opcodes(seed, partner) if o.tag == "equal")
+    return common[:PIVOT_LEN]
 
 
 def _lower_priority() -> None:
@@ -356,6 +397,9 @@ class _Engine:
         self.counts = np.zeros((n, CLASSES), dtype=np.uint16 if longest < 1 << 16 else np.uint32)
         self.classes = _Classes()
         self.leaders: list[int] = []
+        self.skeletons = n <= SKELETON_MAX
+        self.pivots: list[str] = []  # per leader: the string distances are taken to
+        self.pivot_len = np.zeros(self.cap, dtype=np.int64)
         self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order
         # per cluster and leader: the smallest and largest clipped distance of a kept member
         # to that leader, so a probe skips clusters whose members are all too far from its own
@@ -380,7 +424,10 @@ class _Engine:
         leader becomes one), but a single leader's column scores on one core
         only, so up to LEADER_BATCH far samples are sifted among themselves
         first and the new leaders' columns are computed together: the same
-        leaders as one at a time.
+        leaders as one at a time. With skeleton pivots, a distance to a short
+        pivot mostly tracks the sample's length, so being far from every pivot
+        only nominates a sample; it founds a leader if it is also far from
+        every leader's whole text.
         """
         texts, lengths = self.texts, self.lengths
         act_texts = [texts[i] for i in act.tolist()]
@@ -392,12 +439,19 @@ class _Engine:
         own = np.zeros(A, dtype=np.int64)
         if P:
             full[:, :P] = self._ahead_rows(act_texts)
-            _nearest(full[:, :P], act_len, lengths[self.leaders], 0, spread, own)
+            _nearest(full[:, :P], act_len, self.pivot_len[:P], 0, spread, own)
         row = 0
         while len(self.leaders) < self.cap:
             far = np.flatnonzero(spread[row:] > RHO)[:LEADER_BATCH] + row
             if not len(far):
                 break
+            if self.skeletons and self.leaders:  # far from every pivot; is it far from every leader's whole text?
+                whole = self._cdist([act_texts[x] for x in far.tolist()], [texts[p] for p in self.leaders])
+                lone = (whole / np.maximum(act_len[far][:, None] + lengths[self.leaders][None, :], 1)).min(axis=1) > RHO
+                if not lone.any():
+                    row = int(far[-1]) + 1
+                    continue
+                far = far[lone]
             among = self._cdist([act_texts[x] for x in far.tolist()], [act_texts[x] for x in far.tolist()])
             among = among / np.maximum(act_len[far][:, None] + act_len[far][None, :], 1)
             chosen: list[int] = []
@@ -411,17 +465,33 @@ class _Engine:
             new = far[chosen]
             k0 = len(self.leaders)
             self.leaders.extend(act[new].tolist())
-            cols = self._cdist(act_texts, [act_texts[x] for x in new.tolist()])
+            pivots = self._new_pivots(act_texts, act_len, new)
+            self.pivots.extend(pivots)
+            self.pivot_len[k0:k0 + len(new)] = [len(p) for p in pivots]
+            cols = self._cdist(act_texts, pivots)
             full[:, k0:k0 + len(new)] = cols
-            _nearest(cols, act_len, act_len[new], k0, spread, own)
+            _nearest(cols, act_len, self.pivot_len[k0:k0 + len(new)], k0, spread, own)
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
-                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], [act_texts[x] for x in new.tolist()]), CLIP)
+                back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], pivots), CLIP)
                 self.dist[self.kept, k0:k0 + len(new)] = back
                 _widen_ranges(self.amin, self.amax, self.own[self.kept], back, slice(k0, k0 + len(new)))
             # a far sample of the batch that was not chosen is within RHO of a new leader,
             # so the walk goes on after the last one chosen, as it would one at a time
             row = int(far[chosen[-1]]) + 1
         return full[:, : len(self.leaders)], own
+
+    def _new_pivots(self, act_texts: list[str], act_len: np.ndarray, new: np.ndarray) -> list[str]:
+        """Pivots of new leaders (rows ``new`` of the block): their whole texts, or each one's
+        skeleton with its closest partner in this block that is within RHO but not a near-twin."""
+        seeds = [act_texts[x] for x in new.tolist()]
+        if not self.skeletons:
+            return seeds
+        scan = slice(int(new[0]), int(new[0]) + PARTNER_SCAN)  # bounded work per new leader
+        ratio = self._cdist(act_texts[scan], seeds) / np.maximum(act_len[scan, None] + act_len[new][None, :], 1)
+        ratio[(ratio <= PARTNER_MIN) | (ratio > RHO)] = np.inf  # near-twins share the fillers too
+        best = ratio.argmin(axis=0)  # the closest: the most likely to be the seed's own pattern
+        return [skeleton(seed, act_texts[scan.start + b] if np.isfinite(ratio[b, j]) else None)
+                for j, (seed, b) in enumerate(zip(seeds, best.tolist()))]
 
     def _prefetch(self, start: int, end: int) -> None:
         """Starts scoring samples ``start..end`` against the current leaders in the background.
@@ -439,15 +509,15 @@ class _Engine:
         self.ahead_end = end
         texts, seen, ahead = self.texts, self.first, self.ahead
         cand = list(dict.fromkeys(t for t in texts[start:end] if t not in seen and t not in ahead))
-        leaders = [texts[p] for p in self.leaders]
+        pivots = list(self.pivots)
         for a in range(0, len(cand), AHEAD_CHUNK):
             part = cand[a:a + AHEAD_CHUNK]
-            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, leaders, 1)
-            ahead.update((t, (fut, row, len(leaders))) for row, t in enumerate(part))
+            fut = self.last_ahead = self.ahead_pool.submit(indel_matrix, part, pivots, 1)
+            ahead.update((t, (fut, row, len(pivots))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
         """Distances of these samples to the current leaders, from the prefetch where it has them."""
-        P, leaders = len(self.leaders), [self.texts[p] for p in self.leaders]
+        P, pivots = len(self.pivots), self.pivots
         out = np.empty((len(act_texts), P), dtype=np.int32)
         missing: dict[int, list[int]] = {}  # first leader column a row lacks -> rows
         for x, t in enumerate(act_texts):
@@ -458,7 +528,7 @@ class _Engine:
             if p0 < P:  # not prefetched, or leaders founded since
                 missing.setdefault(p0, []).append(x)
         for p0, rows in missing.items():
-            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], leaders[p0:])
+            out[rows, p0:] = self._cdist([act_texts[x] for x in rows], pivots[p0:])
         for t in act_texts:  # after the loop above: a text twice in a block reads its row twice
             self.ahead.pop(t, None)
         return out

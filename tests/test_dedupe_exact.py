@@ -20,6 +20,17 @@ from rapidfuzz.utils import default_process
 from pipeline.dedupe_index import dedupe_processed, max_indel
 
 
+@pytest.fixture(autouse=True, scope="module", params=["skeleton", "whole"])
+def pivot_kind(request):
+    """Every test runs with both kinds of pivot: skeletons (inputs up to SKELETON_MAX
+    samples) and whole leader texts (bigger inputs). They change speed, never the result."""
+    import pipeline.dedupe_index as engine_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_module, "SKELETON_MAX", 10**12 if request.param == "skeleton" else -1)
+        yield request.param
+
+
 def reference(texts: list[str], threshold: float, n_fixed: int = 0) -> list[tuple[int, float] | None]:
     kept: list[int] = []
     out: list[tuple[int, float] | None] = []
@@ -312,3 +323,43 @@ def test_batched_bag_overlaps_equal_one_group_at_a_time():
     for g in range(3):
         assert (together[g] == bag_overlaps(counts[probes[g]], counts[members[g]])).all()
 
+
+
+def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
+    # A leader's skeleton pivot is what it shares with another sample of its pattern: a
+    # subsequence of both, at most PIVOT_LEN long (rapidfuzz's SIMD path), and the seed's
+    # own prefix when it has no partner or the pair is too big to align.
+    from rapidfuzz.distance import LCSseq
+
+    from pipeline.dedupe_index import PIVOT_LEN, skeleton
+
+    seed = "the old lighthouse keeper told a joke about the sea and nobody laughed at all that night"
+    partner = "the young baker told a joke about the bread and nobody laughed at all that morning"
+    pivot = skeleton(seed, partner)
+    assert 0 < len(pivot) <= PIVOT_LEN
+    for text in (seed, partner):
+        assert LCSseq.similarity(pivot, text) == len(pivot)
+    assert "told a joke about the" in pivot
+    assert skeleton(seed, None) == seed[:PIVOT_LEN]
+    huge = "ab" * 50_000
+    assert skeleton(huge, huge[1:]) == huge[:PIVOT_LEN]
+
+
+def test_inputs_past_skeleton_max_take_whole_leader_texts(monkeypatch):
+    # Which pivots an input gets follows its size (speed only): check both sides of the
+    # line, through the leaders' pivots themselves.
+    import pipeline.dedupe_index as engine_module
+    from rapidfuzz.utils import default_process
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench.corpus import make_corpus
+
+    texts = [default_process(t) for t in make_corpus(600, "realistic", 3)]
+    for limit, whole in ((len(texts), False), (len(texts) - 1, True)):
+        monkeypatch.setattr(engine_module, "SKELETON_MAX", limit)
+        eng = engine_module._Engine(texts, 90.0, 0, engine_module.thread_runner(1)[0], 1, None, None)
+        eng.run()
+        assert eng.pivots and len(eng.pivots) == len(eng.leaders)
+        assert (eng.pivots == [texts[p] for p in eng.leaders]) is whole
+        if not whole:
+            assert max(map(len, eng.pivots)) <= engine_module.PIVOT_LEN
