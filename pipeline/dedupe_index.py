@@ -516,7 +516,7 @@ class _Engine:
             ahead.update((t, (fut, row, len(pivots))) for row, t in enumerate(part))
 
     def _ahead_rows(self, act_texts: list[str]) -> np.ndarray:
-        """Distances of these samples to the current leaders, from the prefetch where it has them."""
+        """Distances of these samples to the current pivots, from the prefetch where it has them."""
         P, pivots = len(self.pivots), self.pivots
         out = np.empty((len(act_texts), P), dtype=np.int32)
         missing: dict[int, list[int]] = {}  # first leader column a row lacks -> rows

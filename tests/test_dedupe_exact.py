@@ -324,7 +324,6 @@ def test_batched_bag_overlaps_equal_one_group_at_a_time():
         assert (together[g] == bag_overlaps(counts[probes[g]], counts[members[g]])).all()
 
 
-
 def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
     # A leader's skeleton pivot is what it shares with another sample of its pattern: a
     # subsequence of both, at most PIVOT_LEN long (rapidfuzz's SIMD path), and the seed's
@@ -349,7 +348,6 @@ def test_inputs_past_skeleton_max_take_whole_leader_texts(monkeypatch):
     # Which pivots an input gets follows its size (speed only): check both sides of the
     # line, through the leaders' pivots themselves.
     import pipeline.dedupe_index as engine_module
-    from rapidfuzz.utils import default_process
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from bench.corpus import make_corpus
