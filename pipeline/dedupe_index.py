@@ -179,6 +179,10 @@ def thread_runner(workers: int = 0) -> tuple[JobRunner, Callable[[], None]]:
 # ---------------------------------------------------------------- character classes
 
 
+def _lengths(texts: Sequence[str]) -> np.ndarray:
+    return np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+
+
 class _Classes:
     """Folds characters into at most CLASSES classes and counts them per string.
 
@@ -202,7 +206,7 @@ class _Classes:
                 self.table[ord(ch)] = chr(c)
                 self.weight[c] += 1
         codes = np.frombuffer(joined.translate(self.table).encode("latin-1"), dtype=np.uint8)
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        lengths = _lengths(texts)
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         flat = np.bincount(rows * CLASSES + codes, minlength=len(texts) * CLASSES)
         return flat.reshape(len(texts), CLASSES)  # exact; the engine's store picks the width
@@ -380,7 +384,7 @@ class _Engine:
         self.matched = np.full(n, -1, dtype=np.int64)
         self.score = np.zeros(n, dtype=np.float64)
         self.exact = np.zeros(n, dtype=bool)
-        self.lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        self.lengths = _lengths(texts)
         longest = int(self.lengths.max()) if n else 0
         table = max_indel(np.arange(2 * longest + 2), threshold)  # by total length L
         self.table32 = table.astype(np.int32)
@@ -399,7 +403,6 @@ class _Engine:
         self.leaders: list[int] = []
         self.skeletons = n <= SKELETON_MAX
         self.pivots: list[str] = []  # per leader: the string distances are taken to
-        self.pivot_len = np.zeros(self.cap, dtype=np.int64)
         self.kept = np.zeros(0, dtype=np.int64)  # kept samples of earlier blocks, in input order
         # per cluster and leader: the smallest and largest clipped distance of a kept member
         # to that leader, so a probe skips clusters whose members are all too far from its own
@@ -439,7 +442,7 @@ class _Engine:
         own = np.zeros(A, dtype=np.int64)
         if P:
             full[:, :P] = self._ahead_rows(act_texts)
-            _nearest(full[:, :P], act_len, self.pivot_len[:P], 0, spread, own)
+            _nearest(full[:, :P], act_len, _lengths(self.pivots), 0, spread, own)
         row = 0
         while len(self.leaders) < self.cap:
             far = np.flatnonzero(spread[row:] > RHO)[:LEADER_BATCH] + row
@@ -467,10 +470,9 @@ class _Engine:
             self.leaders.extend(act[new].tolist())
             pivots = self._new_pivots(act_texts, act_len, new)
             self.pivots.extend(pivots)
-            self.pivot_len[k0:k0 + len(new)] = [len(p) for p in pivots]
             cols = self._cdist(act_texts, pivots)
             full[:, k0:k0 + len(new)] = cols
-            _nearest(cols, act_len, self.pivot_len[k0:k0 + len(new)], k0, spread, own)
+            _nearest(cols, act_len, _lengths(pivots), k0, spread, own)
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
                 back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], pivots), CLIP)
                 self.dist[self.kept, k0:k0 + len(new)] = back

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
+import pipeline.dedupe_index as engine_module
 from pipeline.dedupe_index import dedupe_processed, max_indel
 
 
@@ -24,8 +25,6 @@ from pipeline.dedupe_index import dedupe_processed, max_indel
 def pivot_kind(request):
     """Every test runs with both kinds of pivot: skeletons (inputs up to SKELETON_MAX
     samples) and whole leader texts (bigger inputs). They change speed, never the result."""
-    import pipeline.dedupe_index as engine_module
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine_module, "SKELETON_MAX", 10**12 if request.param == "skeleton" else -1)
         yield request.param
@@ -154,8 +153,6 @@ def test_default_blocks_and_new_leaders_equal_brute_force(monkeypatch, kind, thr
     # the probe-side cluster ranges and both member sets: all on the default
     # path, against every pair scored; once with the search on threads, as
     # blocks of a million-sample run are.
-    import pipeline.dedupe_index as engine_module
-
     if threaded:
         monkeypatch.setattr(engine_module, "THREADED_BLOCK", 1)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
@@ -173,8 +170,6 @@ def test_default_blocks_and_new_leaders_equal_brute_force(monkeypatch, kind, thr
 def test_leader_cap_and_tight_clusters_stay_exact(monkeypatch):
     # Past MAX_LEADERS samples join a far leader; with a tiny RHO nearly every
     # sample wants its own cluster. Both only change speed, never the result.
-    import pipeline.dedupe_index as engine_module
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from bench.corpus import make_corpus
 
@@ -289,10 +284,9 @@ def test_bag_bound_never_exceeds_indel_even_with_folded_classes(monkeypatch, dir
     # the overlaps (small calls directly, big ones as a matrix product) are checked.
     from rapidfuzz.distance import Indel
 
-    import pipeline.dedupe_index as engine
     from pipeline.dedupe_index import CLASSES, _Classes, bag_overlaps
 
-    monkeypatch.setattr(engine, "DIRECT_PAIRS", direct_pairs)
+    monkeypatch.setattr(engine_module, "DIRECT_PAIRS", direct_pairs)
 
     rng = random.Random(7)
     alphabet = [chr(c) for c in range(0x400, 0x400 + 3 * CLASSES)]
@@ -347,8 +341,6 @@ def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
 def test_inputs_past_skeleton_max_take_whole_leader_texts(monkeypatch):
     # Which pivots an input gets follows its size (speed only): check both sides of the
     # line, through the leaders' pivots themselves.
-    import pipeline.dedupe_index as engine_module
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from bench.corpus import make_corpus
 
