@@ -194,8 +194,9 @@ class ProgressReader:
         step = _int(run.get("step"))
         if step is None:
             step = _int(self._metrics.get("step"))
-        if step is None and self._series:
-            step = max(points[-1][0] for points in self._series.values() if points)
+        if step is None:
+            # A TSV can exist before its first row lands (dvclive writes the header first).
+            step = max((points[-1][0] for points in self._series.values() if points), default=None)
         p.step = step
         p.epoch = p.value("train/epoch")
         if p.updated_at is None:

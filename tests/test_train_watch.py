@@ -115,6 +115,21 @@ def test_fresh_reader_on_garbage_and_a_new_run(tmp_path):
     assert [s for s, _ in p.series["train/loss"]] == [0, 1] and p.status == "finished"
 
 
+def test_plots_caught_before_their_first_row(tmp_path):
+    # The moment dvclive has created a TSV (header only, or nothing yet) and no JSON file.
+    d = tmp_path / "dvclive"
+    (d / "plots/metrics/train").mkdir(parents=True)
+    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\n")
+    (d / "plots/metrics/train/lr.tsv").write_text("")
+    reader = ProgressReader(d)
+    p = reader.poll()
+    assert p.step is None and p.series["train/loss"] == [] and p.problems == []
+    assert "step" not in summary_line(p)
+    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
+        fh.write("0\t2.5\n")
+    assert reader.poll().step == 0
+
+
 def test_stale_run_is_flagged(tmp_path):
     d = tmp_path / "dvclive"
     write_run(d, status="running", step=5, total_steps=10, updated_at=time.time() - 3600)
@@ -179,6 +194,23 @@ async def test_monitor_screen_follows_a_run_without_gpu(tmp_path, monkeypatch):
         assert bar.total == 8 and bar.progress == 8
         chart = screen.query_one("#loss-chart")
         assert chart._shown and chart._shown[0][1] == 8
+
+
+async def test_monitor_screen_on_plots_before_their_first_row(tmp_path):
+    from tui.app import TrainWatchApp
+
+    d = tmp_path / "dvclive"
+    (d / "plots/metrics/train").mkdir(parents=True)
+    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\n")
+    app = TrainWatchApp(d, interval=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(20):
+            await pilot.pause(0.05)
+            if app.screen.progress:
+                break
+        assert app.screen.progress.series == {"train/loss": []}
+        assert "step —" in str(app.screen.query_one("#train-header").render())
+        assert app.screen.query_one("#loss-chart")._shown[0][1] == 0
 
 
 def test_nvml_reading_never_raises(monkeypatch):

@@ -22,7 +22,7 @@ class LossChart(PlotextPlot):
 
     def show(self, series: dict[str, list[tuple[int, float]]]) -> None:
         # Redraw only when a series grew: plotext redraws the whole canvas.
-        key = tuple((name, len(series.get(name, ())), series.get(name, [(None, None)])[-1:][0]) for name, _ in SERIES)
+        key = tuple((name, len(points), tuple(points[-1:])) for name, _ in SERIES for points in [series.get(name) or []])
         if key == self._shown:
             return
         self._shown = key
