@@ -393,7 +393,9 @@ class _Engine:
         self.cap = max(1, min(MAX_LEADERS, max(16, n // LEADER_EVERY)))
         # bigger blocks at scale: per-block work (index, member codes) is paid per block
         self.max_block = max(BLOCK, n // 16)
-        self.dist = np.zeros((n, self.cap), dtype=np.uint8)  # clipped distance to every leader
+        # clipped distance of every sample to every leader, leader-major: the search reads one
+        # leader's row for many members, which stays in cache where a sample-major table would not
+        self.dist = np.zeros((self.cap, n), dtype=np.uint8)
         self.own = np.zeros(n, dtype=np.int64)
         self.r = np.zeros(n, dtype=np.uint8)  # clipped distance to the own leader
         # uint16 halves the memory, but 65,536 copies of one class would wrap around, and a
@@ -475,7 +477,7 @@ class _Engine:
             _nearest(cols, act_len, _lengths(pivots), k0, spread, own)
             if len(self.kept):  # earlier members need them too: the probe-side bound reads them
                 back = np.minimum(self._cdist([texts[i] for i in self.kept.tolist()], pivots), CLIP)
-                self.dist[self.kept, k0:k0 + len(new)] = back
+                self.dist[k0:k0 + len(new), self.kept] = back.T
                 _widen_ranges(self.amin, self.amax, self.own[self.kept], back, slice(k0, k0 + len(new)))
             # a far sample of the batch that was not chosen is within RHO of a new leader,
             # so the walk goes on after the last one chosen, as it would one at a time
@@ -635,7 +637,9 @@ class _Engine:
             tau = self.table32[la + lb]
             ok = (np.abs(dp[pr, np.repeat(ks[a:b], c)] - mem.r[pos]) <= tau) & (np.abs(la - lb) <= tau)
             ok &= m < probes[pr]
-            ok &= np.abs(da[pr, 0] - self.dist[m, own[pr]]) <= tau
+            pr, m, tau = pr[ok], m[ok], tau[ok]
+            # after the cheap tests: a random gather from the n x leaders table misses the cache
+            ok = np.abs(da[pr, 0] - self.dist[own[pr], m]) <= tau
             pr, m, tau = pr[ok], m[ok], tau[ok]
             if not len(m):
                 continue
@@ -738,8 +742,9 @@ class _Engine:
         # two big blocks ahead: the cores never run dry, and memory stays bounded (int32 rows)
         self._prefetch(end, min(self.n, end + 2 * self.max_block))
         self.own[act] = own
-        self.dist[act, :P] = np.minimum(full, CLIP)
-        self.r[act] = self.dist[act, own]
+        clipped = np.minimum(full, CLIP).astype(np.uint8)
+        self.dist[:P, act] = clipped.T
+        self.r[act] = clipped[np.arange(len(act)), own]
 
         # 2. candidates of probes (not the fixed samples). Other clusters: one pass over the
         #    kept members of earlier blocks and this block together (a block member that is
@@ -749,7 +754,7 @@ class _Engine:
         is_probe = act >= self.n_fixed
         probes, pdist = act[is_probe], full[is_probe]
         amin, amax = self.amin[:P, :P].copy(), self.amax[:P, :P].copy()
-        _widen_ranges(amin, amax, self.own[act], self.dist[act, :P], slice(0, P))
+        _widen_ranges(amin, amax, self.own[act], clipped, slice(0, P))
         both = _Members(np.concatenate((self.kept, act)), self.own, self.r, self.lengths, P, amin, amax)
         groups = self._groups(probes)
         found: list[tuple[np.ndarray, np.ndarray, int]] = []
@@ -758,8 +763,10 @@ class _Engine:
             cluster = both.ids[both.cluster(k)]
             own_kept.append((pk, cluster[cluster < act[0]]))  # kept earlier: all before the block
         tasks = self._same_tasks(own_kept, found)
-        tasks += [(self._other_clusters, self._windows(probes[s:s + CHUNK], pdist[s:s + CHUNK], both.len_max), both, found)
-                  for s in range(0, len(probes), CHUNK)]
+        # chunks of probes that share their own leader read the same row of the distance table
+        by_own = np.argsort(self.own[probes], kind="stable")
+        tasks += [(self._other_clusters, self._windows(probes[c], pdist[c], both.len_max), both, found)
+                  for c in (by_own[s:s + CHUNK] for s in range(0, len(probes), CHUNK))]
         self._run(tasks, len(act))
         hits = self._verify(found)
         sure = hits[0][hits[1] < act[0]]  # matched a kept sample of an earlier block (a block member may yet be dropped)
@@ -784,6 +791,7 @@ class _Engine:
                         self.matched[i], self.score[i] = j, float(ms[x])
                         self.exact[i] = texts[i] == texts[j]
                         break
-        new = act[self.matched[act] < 0]
+        kept = self.matched[act] < 0
+        new = act[kept]
         self.kept = np.concatenate((self.kept, new))
-        _widen_ranges(self.amin, self.amax, self.own[new], self.dist[new, :P], slice(0, P))
+        _widen_ranges(self.amin, self.amax, self.own[new], clipped[kept], slice(0, P))
