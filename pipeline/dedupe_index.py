@@ -288,6 +288,7 @@ class _Members:
         order = np.argsort(key, kind="stable")
         self.ids = ids[order]
         self.r = r[self.ids].astype(np.int32)
+        self.lengths = lengths[self.ids].astype(np.int32)
         self.n_leaders = n_leaders
         self.cum = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=n_leaders * (CLIP + 1))))).astype(np.int32)
         self.len_max = np.full(n_leaders, -1, dtype=np.int64)
@@ -632,14 +633,14 @@ class _Engine:
             first = np.cumsum(c) - c
             pos = np.repeat(starts[a:b] - first, c) + np.arange(int(c.sum()), dtype=np.int32)
             pr = np.repeat(rows[a:b], c)
-            m = mem.ids[pos]
-            la, lb = lp[pr], self.lengths[m]
+            # the tests that read the index in its own order first; the member ids (random
+            # rows of the distance table) only for the pairs they leave
+            la, lb = lp[pr], mem.lengths[pos]
             tau = self.table32[la + lb]
-            ok = (np.abs(dp[pr, np.repeat(ks[a:b], c)] - mem.r[pos]) <= tau) & (np.abs(la - lb) <= tau)
-            ok &= m < probes[pr]
-            pr, m, tau = pr[ok], m[ok], tau[ok]
-            # after the cheap tests: a random gather from the n x leaders table misses the cache
-            ok = np.abs(da[pr, 0] - self.dist[own[pr], m]) <= tau
+            ok = (np.abs(np.repeat(dp[rows[a:b], ks[a:b]], c) - mem.r[pos]) <= tau) & (np.abs(la - lb) <= tau)
+            pos, pr, tau = pos[ok], pr[ok], tau[ok]
+            m = mem.ids[pos]
+            ok = (m < probes[pr]) & (np.abs(da[pr, 0] - self.dist[own[pr], m]) <= tau)
             pr, m, tau = pr[ok], m[ok], tau[ok]
             if not len(m):
                 continue
