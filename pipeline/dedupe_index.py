@@ -792,7 +792,7 @@ class _Engine:
                         self.matched[i], self.score[i] = j, float(ms[x])
                         self.exact[i] = texts[i] == texts[j]
                         break
-        kept = self.matched[act] < 0
-        new = act[kept]
+        is_kept = self.matched[act] < 0
+        new = act[is_kept]
         self.kept = np.concatenate((self.kept, new))
-        _widen_ranges(self.amin, self.amax, self.own[new], clipped[kept], slice(0, P))
+        _widen_ranges(self.amin, self.amax, self.own[new], clipped[is_kept], slice(0, P))

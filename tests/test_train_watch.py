@@ -24,6 +24,14 @@ def write_run(d: Path, **fields) -> None:
     os.replace(tmp, d / "run.json")
 
 
+def write_plot(d: Path, name: str, text: str, mode: str = "w") -> None:
+    """A dvclive series file, plots/metrics/<name>.tsv, written or appended to as it is."""
+    path = d / "plots/metrics" / f"{name}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as fh:
+        fh.write(text)
+
+
 def train_like(d: Path, steps: int, *, total: int | None = None, pause: float = 0.0, finish: bool = True,
                started: threading.Event | None = None) -> None:
     """What pipeline/train.py does, with the real dvclive Live API."""
@@ -85,24 +93,21 @@ def test_half_written_files_are_tolerated(tmp_path):
     good = reader.poll()
     assert good.step == 3
     # A TSV line caught mid-write, and JSON files cut in the middle.
-    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
-        fh.write("3\t0.7")
+    write_plot(d, "train/loss", "3\t0.7", "a")
     (d / "metrics.json").write_text('{"train": {"loss": 0.')
     (d / "run.json").write_text('{"status": "runn')
     p = reader.poll()
     assert [s for s, _ in p.series["train/loss"]] == [0, 1, 2]  # the partial line waits
     assert p.step == 3 and p.status in ("running", "stale")  # the last good run.json is kept
     assert any("run.json" in x for x in p.problems) and any("metrics.json" in x for x in p.problems)
-    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
-        fh.write("5\n")
+    write_plot(d, "train/loss", "5\n", "a")
     assert reader.poll().series["train/loss"][-1] == (3, pytest.approx(0.75))
 
 
 def test_fresh_reader_on_garbage_and_a_new_run(tmp_path):
     d = tmp_path / "dvclive"
-    (d / "plots/metrics/train").mkdir(parents=True)
+    write_plot(d, "train/loss", "step\tloss\nnot-a-number\tx\n1\t0.5\n")
     (d / "run.json").write_text("{")
-    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\nnot-a-number\tx\n1\t0.5\n")
     reader = ProgressReader(d)
     p = reader.poll()
     assert p.series["train/loss"] == [(1, 0.5)] and p.problems
@@ -118,15 +123,13 @@ def test_fresh_reader_on_garbage_and_a_new_run(tmp_path):
 def test_plots_caught_before_their_first_row(tmp_path):
     # The moment dvclive has created a TSV (header only, or nothing yet) and no JSON file.
     d = tmp_path / "dvclive"
-    (d / "plots/metrics/train").mkdir(parents=True)
-    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\n")
-    (d / "plots/metrics/train/lr.tsv").write_text("")
+    write_plot(d, "train/loss", "step\tloss\n")
+    write_plot(d, "train/lr", "")
     reader = ProgressReader(d)
     p = reader.poll()
     assert p.step is None and p.series["train/loss"] == [] and p.problems == []
     assert "step" not in summary_line(p)
-    with open(d / "plots/metrics/train/loss.tsv", "a") as fh:
-        fh.write("0\t2.5\n")
+    write_plot(d, "train/loss", "0\t2.5\n", "a")
     assert reader.poll().step == 0
 
 
@@ -200,8 +203,7 @@ async def test_monitor_screen_on_plots_before_their_first_row(tmp_path):
     from tui.app import TrainWatchApp
 
     d = tmp_path / "dvclive"
-    (d / "plots/metrics/train").mkdir(parents=True)
-    (d / "plots/metrics/train/loss.tsv").write_text("step\tloss\n")
+    write_plot(d, "train/loss", "step\tloss\n")
     app = TrainWatchApp(d, interval=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(20):
