@@ -73,7 +73,7 @@ def one(kind: str, n: int, threshold: float, repeats: int, brute_max: int, seed:
     from rapidfuzz.utils import default_process
 
     from bench.corpus import make_corpus
-    from pipeline.dedupe_index import dedupe_processed
+    from pipeline.engines.dedupe_index import dedupe_processed
 
     raw = make_corpus(n, kind, seed)
     out: dict = {"corpus": kind, "n": n, "mean_chars": round(sum(map(len, raw)) / n, 1)}

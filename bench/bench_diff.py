@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.records import dumps, make_record  # noqa: E402
+from pipeline.core.records import dumps, make_record  # noqa: E402
 
 WORDS = ("coffee airports meetings inbox weekend traffic brunch gym wifi printer queue deadline "
          "neighbors weather elevator update password subscription podcast startup").split()
@@ -95,7 +95,7 @@ def build(repo: Path, n: int) -> dict:
 
 def baseline(repo: Path) -> float:
     """Read both versions with json.loads only: the floor a record-level diff sits on."""
-    from pipeline.dvc_ops import open_at
+    from pipeline.engines.dvc_ops import open_at
 
     t = time.perf_counter()
     for rev in ("HEAD~1", "HEAD"):
@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--keep", help="build the repo here and keep it (default: a temp folder, removed)")
     args = ap.parse_args()
 
-    from pipeline.diff import diff_records
+    from pipeline.commands.diff import diff_records
 
     with tempfile.TemporaryDirectory(prefix="tenny-bench-diff-") as tmp:
         repo = Path(args.keep or tmp)

@@ -2,7 +2,7 @@
 
 Builds a Llama-shaped model from a config (random weights: the figures are
 about memory and speed, not quality), saves it as a local folder, and loads it
-the way the train stage does (``pipeline.modeling.load_base_model`` with
+the way the train stage does (``pipeline.engines.modeling.load_base_model`` with
 ``quantization`` none / 8bit / 4bit), then takes LoRA steps on q/v projections.
 Prints, per quantization: load seconds, parameters, peak memory, median and
 p90 step time, tokens/s. On a GPU the memory is torch's peak allocation; on the
@@ -45,7 +45,8 @@ def one(folder: Path, quantization: str, device: str, steps: int, batch: int, se
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from pipeline.modeling import collate, load_base_model, prepare_for_lora
+    from pipeline.engines.modeling import load_base_model, prepare_for_lora
+    from pipeline.engines.packing import PaddedCollator
 
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -63,7 +64,7 @@ def one(folder: Path, quantization: str, device: str, steps: int, batch: int, se
     times = []
     for step in range(steps + 2):
         ids = torch.randint(0, vocab, (batch, seq), generator=gen).tolist()
-        b = {k: v.to(device) for k, v in collate([(row, row) for row in ids], 0).items()}
+        b = {k: v.to(device) for k, v in PaddedCollator(0)([{"input_ids": row, "labels": row} for row in ids]).items()}
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -104,7 +105,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.modeling import BASE_INFO, pick_device, quiet_libraries
+    from pipeline.engines.modeling import BASE_INFO, pick_device, quiet_libraries
 
     quiet_libraries()
     device = pick_device(args.device)

@@ -39,7 +39,7 @@ WORDS = ("the a cynical airport gym fridge coffee queue wifi meeting email phone
 
 def generate(path: Path, n: int, decided: int, log: Path) -> None:
     """n text records in tenny's own form, and a log accepting/rejecting the first ``decided``."""
-    from pipeline.records import dumps, record_id
+    from pipeline.core.records import dumps, record_id
 
     rng = random.Random(0)
     topics = WORDS[3:12]

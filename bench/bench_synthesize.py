@@ -90,8 +90,8 @@ async def bare_loop(url: str, n: int, concurrency: int) -> float:
 
 
 def tenny_run(url: str, n: int, concurrency: int, **synth) -> tuple[float, dict]:
-    from pipeline import synthesize
-    from pipeline.params import validate
+    from pipeline.core.params import validate
+    from pipeline.stages import synthesize
 
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="tenny-bench-") as tmp:

@@ -96,7 +96,7 @@ def make_corpus(n: int, kind: str = "realistic", seed: int = 0, twins: float = 0
 
 def make_records(n: int, kind: str = "realistic", seed: int = 0) -> list[dict]:
     """The corpus as tenny records (ids from the records module)."""
-    from pipeline.records import make_record
+    from pipeline.core.records import make_record
 
     seen: set[str] = set()
     out = []

@@ -11,20 +11,22 @@ import argparse
 import importlib
 import sys
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.text import clean
 
 # command → module; each module holds one stage or one tool.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synthesize": ("pipeline.synthesize", "make raw samples (import, dataset or openai)"),
-    "dedupe": ("pipeline.dedupe", "drop near-duplicates (fuzz.ratio >= threshold)"),
-    "build": ("pipeline.build", "apply review decisions; split and format train/val"),
-    "base": ("pipeline.base", "resolve train.base_model into a loadable folder"),
-    "train": ("pipeline.train", "LoRA / QLoRA fine-tune"),
-    "eval": ("pipeline.evaluate", "perplexity and generations: base vs adapter"),
-    "review": ("tui.review_command", "review samples in the terminal"),
-    "diff": ("pipeline.diff", "record-level diff of a records file between two revisions"),
-    "train-watch": ("tui.train_watch_command", "follow a training run live"),
-    "params": ("pipeline.params_command", "print params with defaults filled in"),
+    "synthesize": ("pipeline.stages.synthesize", "make raw samples (import, dataset or openai)"),
+    "dedupe": ("pipeline.stages.dedupe", "drop near-duplicates (fuzz.ratio >= threshold)"),
+    "build": ("pipeline.stages.build", "apply review decisions; split and format train/val"),
+    "base": ("pipeline.stages.base", "resolve train.base_model into a loadable folder"),
+    "train": ("pipeline.stages.train", "LoRA / QLoRA fine-tune"),
+    "eval": ("pipeline.stages.eval", "perplexity and generations: base vs adapter"),
+    "export": ("pipeline.stages.export", "merge the adapter into the base: models/merged/ + Ollama Modelfile"),
+    "review": ("pipeline.commands.review", "review samples in the terminal"),
+    "diff": ("pipeline.commands.diff", "record-level diff of a records file between two revisions"),
+    "train-watch": ("pipeline.commands.train_watch", "follow a training run live"),
+    "params": ("pipeline.commands.params", "print params with defaults filled in"),
 }
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + list(getattr(args, "overrides_after", []) or [])
     prog = f"tenny {args.command}" if args.command else "tenny"
     try:
-        from pipeline.params import load_params
+        from pipeline.core.params import load_params
 
         params = load_params(args.params, overrides)
         if args.command is None:
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(args.module)
         return module.run(params, args) or 0
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {clean(str(err))}", file=sys.stderr)  # errors quote ids and file text
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; files already written are complete", file=sys.stderr)

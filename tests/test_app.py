@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diff_repo import EXPECTED, dvc, git, make_two_versions  # noqa: E402
+from test_diff_repo import EXPECTED, HOSTILE_TEXT, dvc, git, make_hostile_versions, make_two_versions  # noqa: E402
 
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
+from pipeline.core.params import load_params  # noqa: E402
 from tui.app import TennyApp, run_app  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,6 +32,22 @@ async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "conditi
 
 def plain(widget) -> str:
     return str(widget.render())
+
+
+def raw_controls(text: str) -> list[str]:
+    """Characters a terminal would act on or hide: C0 (but newline), C1, bidi, zero-width."""
+    return [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F
+            or c in "\u061c\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+            or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
+
+
+def on_screen(app) -> str:
+    """Every character the compositor would draw, row after row."""
+    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
+
+
+# HOSTILE_ID and HOSTILE_TEXT (test_diff_repo) as the one-line views must show them.
+SHOWN_ID = "\\x1b[31m[bold red]x[/]\\u202e\\x9b\\u200b"
 
 
 @pytest.fixture
@@ -67,8 +83,8 @@ async def test_pipeline_screen_runs_repro_and_exp_run(repo):
         await pilot.press(*"train.lr=0.01", "enter")
         await wait_for(pilot, lambda: screen.current is None and screen.last_exit is not None, what="exp run")
         assert screen.last_exit == 0, log.text
-        assert "$ dvc exp run -S train.lr=0.01" in log.text
-        from pipeline import dvc_ops
+        assert "$ dvc exp run --temp -S train.lr=0.01" in log.text
+        from pipeline.engines import dvc_ops
 
         assert any(r.params.get("train.lr") == 0.01 and r.parent for r in dvc_ops.exp_show(repo))
 
@@ -100,6 +116,39 @@ async def test_pipeline_run_can_be_cancelled_and_ui_stays_live(tmp_path):
         await wait_for(pilot, lambda: screen.current is None, what="cancel")
         assert "cancelled" in plain(screen.query_one("#run-status"))
         assert screen.query_one("#btn-cancel").disabled
+
+
+async def test_notification_shows_typed_text_literally(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    app = TennyApp(tmp_path, load_params(tmp_path / "none.yaml"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = app.screen
+        # one override with no "=" (overrides split at spaces): the error quotes what was typed
+        screen.query_one("#overrides").value = "\x1b[31m\x9b\u202e\u200b[red]x[/]"
+        screen.action_exp_run()
+        await wait_for(pilot, lambda: len(app.screen.query("Toast")) > 0, what="notification")
+        shown = str(app.screen.query("Toast").first().render())
+        assert "override '\\x1b[31m\\x9b\\u202e\\u200b[red]x[/]': expected dotted.key=value" in shown
+        assert raw_controls(shown) == []
+
+
+async def test_run_log_shows_stage_output_escaped(tmp_path):
+    repo = tmp_path / "loud"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    (repo / "loud.py").write_text(f"print({HOSTILE_TEXT!r}, flush=True)\n")
+    (repo / "dvc.yaml").write_text("stages:\n  loud:\n    cmd: python loud.py\n")
+    app = TennyApp(repo, load_params(repo / "none.yaml"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.stages) == 1, what="stage states")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: screen.current is None and screen.last_exit is not None, what="repro")
+        log = screen.query_one("#run-log")
+        assert screen.last_exit == 0, log.text
+        assert "evil \\x1b[2J\\x9b31m \\u202eright-to-left\\u202c zero\\u200bwidth [bold red]x[/]" in log.text
+        assert raw_controls(log.text) == []
 
 
 async def test_push_pull_and_cloud_status_from_the_pipeline_screen(repo, tmp_path):
@@ -143,9 +192,26 @@ async def test_diff_screen_counts_and_bad_revision(repo):
         assert "revision 'no-such-rev' not found" in plain(screen.query_one("#diff-message"))
 
 
+async def test_diff_screen_shows_hostile_ids_and_text_as_text(tmp_path):
+    repo = make_hostile_versions(tmp_path / "h")
+    app = app_for(repo, start="diff")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.click("#btn-diff")
+        await wait_for(pilot, lambda: screen.result is not None or screen.error, what="diff")
+        assert screen.result is not None, screen.error
+        table = screen.query_one("#diff-examples")
+        sign, rid, text = table.get_row_at(0)
+        assert (str(sign), str(rid)) == ("+", SHOWN_ID)  # markup in an id is shown, not applied
+        assert str(text).startswith("evil \\x1b[2J\\x9b31m \\u202eright-to-left")
+        await pilot.pause()
+        drawn = on_screen(app)
+        assert SHOWN_ID[:40] in drawn and raw_controls(drawn) == []
+
+
 async def test_experiments_screen_sorts_marks_and_diffs(repo):
     lines: list[str] = []
-    from pipeline import dvc_ops
+    from pipeline.engines import dvc_ops
 
     for lr in ("0.01", "0.05"):
         assert dvc_ops.stream(dvc_ops.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
@@ -188,8 +254,9 @@ async def test_eval_view_shows_generations_as_text(repo):
         screen = app.screen
         await wait_for(pilot, lambda: len(screen.generations) == 2, what="generations")
         adapter = plain(screen.query_one("#eval-adapter"))
-        assert "[bold]Airports[/bold] are malls" in adapter  # markup shown literally, escapes removed
-        assert "\x1b" not in adapter
+        # markup shown literally, escapes shown as escapes
+        assert "[bold]Airports[/bold] \\x1b[31mare\\x1b[0m malls" in adapter
+        assert raw_controls(adapter) == []
         assert screen.metrics == {"base.perplexity": 30.5, "adapter.perplexity": 12.25}
         screen.query_one("#eval-prompts").move_cursor(row=1)
         await pilot.pause(0.1)

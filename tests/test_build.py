@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from pipeline import base, build
-from pipeline.decisions import append_decision
-from pipeline.errors import UserError
-from pipeline.params import load_params
-from pipeline.records import make_record, read_records, write_records
+from pipeline.core.decisions import append_decision
+from pipeline.core.errors import UserError
+from pipeline.core.params import load_params
+from pipeline.core.records import make_record, read_records, write_records
+from pipeline.stages import base, build
 
 
 @pytest.fixture
@@ -113,6 +113,31 @@ def test_bad_decision_line_names_file_and_line(project):
         json.dumps({"id": recs[0]["id"], "action": "accept"}) + "\n" + json.dumps({"id": recs[1]["id"], "action": "love"}) + "\n")
     with pytest.raises(UserError, match=r"decisions.jsonl:2: action: must be one of"):
         build.run(params)
+
+
+def test_a_cut_last_decision_is_an_error_and_the_log_is_left_as_it_is(project):
+    # a review session repairs a line cut by a crash; build (a DVC stage) only reads its deps
+    root, recs, params = project
+    log = root / "data/reviews/decisions.jsonl"
+    append_decision(log, recs[0]["id"], "reject")
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"id": recs[1]["id"], "action": "reject"})[:-9])
+    before = log.read_bytes()
+    with pytest.raises(UserError, match=r"decisions.jsonl:2: malformed JSON"):
+        build.run(params)
+    assert log.read_bytes() == before and sorted(p.name for p in log.parent.iterdir()) == ["decisions.jsonl"]
+
+
+def test_a_duplicate_sample_id_names_both_lines_and_keeps_old_outputs(project):
+    root, recs, params = project
+    build.run(params)
+    before = (root / "data/final/train.jsonl").read_bytes()
+    write_records("data/deduped/samples.jsonl", recs)
+    with open("data/deduped/samples.jsonl", "a") as fh:
+        fh.write(json.dumps(recs[5]) + "\n")
+    with pytest.raises(UserError, match=rf"samples.jsonl:{len(recs) + 1}: id: duplicate id {recs[5]['id']} \(first on line 6\)"):
+        build.run(params)
+    assert (root / "data/final/train.jsonl").read_bytes() == before
 
 
 def test_text_format_keeps_bodies(project):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.params import ParamsError, load_params
-from pipeline.records import read_records
-from pipeline.synthesize import run as synthesize
+from pipeline.core.errors import UserError
+from pipeline.core.params import ParamsError, load_params
+from pipeline.core.records import read_records
+from pipeline.stages.synthesize import run as synthesize
 
 ROWS = [
     {"quote": "Time is money, and both are missing.", "author": "Ann", "year": 2001},

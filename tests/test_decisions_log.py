@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import random
+import tracemalloc
 
 import pytest
 
-from pipeline.decisions import (
+from pipeline.core import decisions
+from pipeline.core.decisions import (
     DecisionLog,
     append_decision,
     append_decisions,
@@ -17,7 +20,8 @@ from pipeline.decisions import (
     read_decisions,
     repair,
 )
-from pipeline.records import RecordError
+from pipeline.core.errors import UserError
+from pipeline.core.records import RecordError
 
 
 def _d(rid, action, **kw):
@@ -157,36 +161,92 @@ def test_log_shrinking_under_a_session_is_an_error(tmp_path):
     d.open()
     d.append("a", "accept")
     os.truncate(log, 0)
-    with pytest.raises(Exception, match="shrank"):
+    with pytest.raises(UserError, match="shrank"):
         d.poll()
 
 
-def test_fast_fold_matches_the_reference_fold(tmp_path):
-    """DecisionLog folds plain lines without json; the result must equal ``fold``'s."""
-    import random
+AT = "2026-01-01T00:00:00+0000"
 
-    rng = random.Random(3)
+
+def reference_fold(rows: list[dict]) -> tuple[dict, list[str]]:
+    """The log's rules written out plainly: per id a list of decisions in force, undo pops the latest.
+
+    Returns {id: (status, edited text, tags)} and the ids of the decisions in force, in order.
+    """
+    in_force: dict[str, list[dict]] = {}
+    order: list[str] = []
+    for row in rows:
+        kept = in_force.setdefault(row["id"], [])
+        if row["action"] != "undo":
+            kept.append(row)
+            order.append(row["id"])
+        elif kept:
+            kept.pop()
+            del order[len(order) - 1 - order[::-1].index(row["id"])]
+    states = {}
+    for rid, kept in in_force.items():
+        status, text, tags = "pending", None, []
+        for d in kept:
+            if d["action"] == "edit":
+                status, text = "accepted", d["text"]
+            elif d["action"] == "tag":
+                tags = list(dict.fromkeys(d["tags"]))
+            else:
+                status = d["action"] + "ed"
+        states[rid] = (status, text, tags)
+    return states, order
+
+
+def random_log(rng: random.Random, n: int) -> tuple[list[dict], bytes, int]:
+    """n decisions on a few ids, most written as tenny writes them (the regex path), the rest in other JSON.
+
+    One id is only ever undone: it is mentioned, so it is there, pending.
+    """
+    ids = [f"{i:016x}" for i in range(30)] + ["custom id", "ünïcode"]
+    rows, lines, plain = [], [], 0
+    for _ in range(n):
+        row = {"id": rng.choice(ids), "action": rng.choice(["accept", "reject", "undo"] * 3 + ["edit", "tag"])}
+        if rng.random() < 0.02:
+            row = {"id": "only undone", "action": "undo"}
+        if row["action"] == "edit":
+            row["text"] = rng.choice(["short", "two\nlines", 'a "quote"', "ünï", "long " * 60])
+        if row["action"] == "tag":
+            row["tags"] = rng.sample(["a", "b", "c"], rng.randint(0, 3)) * rng.randint(1, 2)
+        row |= {"at": AT, "by": rng.choice(["me", "me", "ü", 'q"uote'])}
+        compact = rng.random() < 0.8
+        line = json.dumps(row, ensure_ascii=False, separators=(",", ":") if compact else (", ", ": "))
+        plain += compact and row["action"] in ("accept", "reject", "undo") and row["by"] != 'q"uote'
+        rows.append(row)
+        lines.append(line + rng.choice(["\n"] * 20 + ["\r\n", "\n\n"]))
+    return rows, "".join(lines).encode(), plain
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_logs_fold_as_the_plain_reference_says(tmp_path, monkeypatch, seed):
+    """Every way into the fold (a session following the log, load_states, fold) gives the reference's states.
+
+    Most lines take the regex path (no json.loads); small read blocks put
+    block edges anywhere, and the session polls while the log grows, cut
+    mid-line.
+    """
+    rng = random.Random(seed)
+    monkeypatch.setattr(decisions, "_READ_BLOCK", rng.choice([64, 700, 8 << 20]))
+    rows, data, plain = random_log(rng, 500)
+    assert plain > 150
+    want, order = reference_fold(rows)
     log = tmp_path / "decisions.jsonl"
-    ids = [f"{i:016x}" for i in range(40)] + ["custom id", "ünïcode"]
-    with open(log, "w", encoding="utf-8") as fh:
-        for _ in range(600):
-            rid = rng.choice(ids)
-            action = rng.choice(["accept", "reject", "undo", "edit", "tag", "accept"])
-            row = {"id": rid, "action": action}
-            if action == "edit":
-                row["text"] = f"text {rng.random()}"
-            if action == "tag":
-                row["tags"] = rng.sample(["a", "b", "c"], 2)
-            row |= {"at": "2026-01-01T00:00:00+0000", "by": rng.choice(["me", 'q"uote', "ü"])}
-            sep = rng.choice([(",", ":"), (", ", ": ")])
-            fh.write(json.dumps(row, ensure_ascii=False, separators=sep) + "\n")
-    reference = fold(read_decisions(log))
+    log.write_bytes(b"")
     session = DecisionLog(log)
     session.open()
-    assert set(session.states) == set(reference)
-    for rid, state in reference.items():
-        mine = session.states[rid]
-        assert (mine.status, mine.text, mine.tags) == (state.status, state.text, state.tags), rid
+    written = 0
+    for cut in [*sorted(rng.sample(range(1, len(data)), 10)), len(data)]:
+        with open(log, "ab") as fh:
+            fh.write(data[written:cut])
+        written = cut
+        session.poll()
+    assert session.stack == order
+    for states in (session.states, load_states(log), fold(read_decisions(log))):
+        assert {rid: (s.status, s.text, s.tags) for rid, s in states.items()} == want
 
 
 def test_a_bad_line_among_plain_lines_is_named(tmp_path):
@@ -202,8 +262,6 @@ def test_a_bad_line_among_plain_lines_is_named(tmp_path):
 @pytest.mark.timeout(30)
 def test_a_line_longer_than_a_read_block_is_folded(tmp_path, monkeypatch):
     # An edit whose text is longer than one read block (8 MB in use) used to be re-read forever.
-    import pipeline.decisions as decisions
-
     monkeypatch.setattr(decisions, "_READ_BLOCK", 64)
     log = tmp_path / "decisions.jsonl"
     append_decision(log, "a", "edit", text="long " * 100)
@@ -212,3 +270,44 @@ def test_a_line_longer_than_a_read_block_is_folded(tmp_path, monkeypatch):
     session.open()
     assert session.states["a"].text == "long " * 100 and session.states["a"].status == "accepted"
     assert session.states["b"].status == "accepted"
+
+
+def test_load_states_reads_a_cut_last_line_as_an_error_and_leaves_the_log_alone(tmp_path):
+    # build reads the log as a DVC dep: it may not repair it, and may not skip what it cannot read
+    log = tmp_path / "decisions.jsonl"
+    append_decision(log, "a", "accept")
+    with open(log, "ab") as fh:
+        fh.write(b'{"id":"b","action":"reject"}')  # whole, only the newline missing
+    assert load_states(log)["b"].status == "rejected"
+    with open(log, "ab") as fh:
+        fh.write(b'\n{"id":"c","act')
+    before = log.read_bytes()
+    with pytest.raises(RecordError, match=f"{log}:3: malformed JSON"):
+        load_states(log)
+    assert log.read_bytes() == before and list(tmp_path.iterdir()) == [log]
+
+
+def test_a_line_the_regex_would_take_but_json_refuses_is_named(tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    append_decision(log, "a", "accept")
+    with open(log, "ab") as fh:
+        fh.write(b'{"id":"b\tc","action":"accept","at":"","by":"me"}\n')  # a raw tab inside a JSON string
+    with pytest.raises(RecordError, match=f"{log}:2: malformed JSON"):
+        load_states(log)
+    with pytest.raises(RecordError, match=f"{log}:2"):
+        DecisionLog(log).open()
+
+
+def test_the_fold_keeps_a_decision_in_far_less_than_its_row(tmp_path):
+    """A million decisions fold in ~200 MB (bench/bench_build.py): the id and a shared code, not the parsed row."""
+    log = tmp_path / "decisions.jsonl"
+    n = 50_000
+    append_decisions(log, (f"{i:016x}" for i in range(n)), "accept")
+    tracemalloc.start()
+    try:
+        states = load_states(log)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(states) == n and states[f"{n - 1:016x}"].status == "accepted"
+    assert held / n < 200, f"{held / n:.0f} bytes per decision"

@@ -9,7 +9,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
 from pipeline.cli import main
-from pipeline.records import iter_jsonl, make_record, read_records, render_text, write_records
+from pipeline.core.records import iter_jsonl, make_record, read_records, render_text, write_records
 
 
 def run_cli(tmp_path, records, *extra, against=None):

@@ -7,16 +7,15 @@ from pathlib import Path
 import pytest
 from rapidfuzz.utils import default_process
 
-from pipeline.dedupe_index import dedupe_processed
+from pipeline.engines.dedupe_index import dedupe_processed
 
 pytest.importorskip("dask.distributed")
 
 
 def test_local_cluster_output_identical_to_local_engine(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import pipeline.engines.dedupe_dask as dd
     from bench.corpus import make_corpus
-
-    import pipeline.dedupe_dask as dd
 
     monkeypatch.setattr(dd, "_LOCAL_PAIRS", 0)  # every job goes to the cluster
     texts = [default_process(t) for t in make_corpus(1500, "hostile", seed=2)]
@@ -35,7 +34,7 @@ def test_local_cluster_output_identical_to_local_engine(monkeypatch):
 
 def test_cli_engine_dask_writes_what_local_writes(tmp_path):
     from pipeline.cli import main
-    from pipeline.records import make_record, write_records
+    from pipeline.core.records import make_record, write_records
 
     texts = ["Airports are malls with a runway.", "airports are malls with a runway!!", "Airports are malls with runways.",
              "Gym memberships fund other people's gyms.", "Smart fridges know you too well.", "smart fridges know you too well"]

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
-import pipeline.dedupe_index as engine_module
-from pipeline.dedupe_index import dedupe_processed, max_indel
+import pipeline.engines.dedupe_index as engine_module
+from pipeline.engines.dedupe_index import dedupe_processed, max_indel
 
 
 @pytest.fixture(autouse=True, scope="module", params=["skeleton", "whole"])
@@ -236,11 +236,14 @@ def test_a_dropped_sample_cannot_drop_a_later_one():
 
 
 def test_best_match_wins_and_earliest_on_a_tie():
-    texts = ["aaaaaaaaab", "aaaaaaaaac", "aaaaaaaaaa", "aaaaaaaaaa"]
-    # texts 0 and 1 both score 90 against each other → 1 dropped; 2 scores 90 vs 0 only
-    got, want = engine(texts, 90), reference(texts, 90)
-    assert got == want
-    assert got[3] == (0, 90.0) or got[3] == want[3]
+    k0, k1 = "aaaaaaaaab", "aaaaaaaccc"  # 70 apart: both kept at 80
+    best, tie = "aaaaaaabcc", "aaaaaaaac"
+    assert fuzz.ratio(k0, k1) == 70.0
+    assert (fuzz.ratio(best, k0), fuzz.ratio(best, k1)) == (80.0, 90.0)
+    assert fuzz.ratio(tie, k0) == fuzz.ratio(tie, k1) > 80
+    assert engine([k0, k1, best, tie], 80) == [None, None, (1, 90.0), (0, fuzz.ratio(tie, k0))]
+    # an exact copy of a dropped sample matches the kept sample its original matched
+    assert engine(["aaaaaaaaab", "aaaaaaaaac", "aaaaaaaaaa", "aaaaaaaaaa"], 90) == [None, (0, 90.0), (0, 90.0), (0, 90.0)]
 
 
 def test_fixed_samples_are_never_dropped_or_compared_among_themselves():
@@ -284,7 +287,7 @@ def test_bag_bound_never_exceeds_indel_even_with_folded_classes(monkeypatch, dir
     # the overlaps (small calls directly, big ones as a matrix product) are checked.
     from rapidfuzz.distance import Indel
 
-    from pipeline.dedupe_index import CLASSES, _Classes, bag_overlaps
+    from pipeline.engines.dedupe_index import CLASSES, _Classes, bag_overlaps
 
     monkeypatch.setattr(engine_module, "DIRECT_PAIRS", direct_pairs)
 
@@ -305,7 +308,7 @@ def test_bag_bound_never_exceeds_indel_even_with_folded_classes(monkeypatch, dir
 def test_batched_bag_overlaps_equal_one_group_at_a_time():
     # Small clusters are bounded together in one batched product; each group's block must
     # be exactly what the group alone gives.
-    from pipeline.dedupe_index import _Classes, bag_overlaps
+    from pipeline.engines.dedupe_index import _Classes, bag_overlaps
 
     rng = random.Random(3)
     texts = ["".join(rng.choice("abcdefgh ij") for _ in range(rng.randint(0, 60))) for _ in range(3 * (8 + 5))]
@@ -324,7 +327,7 @@ def test_pivot_skeleton_is_short_and_common_to_seed_and_partner():
     # own prefix when it has no partner or the pair is too big to align.
     from rapidfuzz.distance import LCSseq
 
-    from pipeline.dedupe_index import PIVOT_LEN, skeleton
+    from pipeline.engines.dedupe_index import PIVOT_LEN, skeleton
 
     seed = "the old lighthouse keeper told a joke about the sea and nobody laughed at all that night"
     partner = "the young baker told a joke about the bread and nobody laughed at all that morning"

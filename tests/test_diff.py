@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diff_repo import EXPECTED, V1, dvc, git, init_repo, make_two_versions  # noqa: E402
+from test_diff_repo import (  # noqa: E402
+    EXPECTED, HOSTILE_ID, HOSTILE_TEXT, V1, dvc, git, init_repo, make_hostile_versions, make_two_versions,
+)
 
 from pipeline import cli  # noqa: E402
-from pipeline.diff import diff_records, distribution, histogram  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.commands.diff import diff_records, distribution, histogram  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,41 @@ def test_cli_summary_and_json(repo, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "added" in text and "edited" in text and "train.lr" in text
     assert "pending → accepted" in text
+
+
+@pytest.fixture(scope="module")
+def hostile_repo(tmp_path_factory) -> Path:
+    return make_hostile_versions(tmp_path_factory.mktemp("hostile") / "r")
+
+
+def raw_controls(out: str) -> list[str]:
+    """Characters a terminal would act on or hide: C0 (but newline), C1, bidi, zero-width."""
+    return [c for c in out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F
+            or c in "\u061c\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+            or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
+
+
+def test_cli_summary_shows_hostile_ids_and_text_escaped(hostile_repo, capsys, monkeypatch):
+    monkeypatch.chdir(hostile_repo)
+    assert cli.main(["diff", "HEAD~1", "HEAD", "--no-params"]) == 0
+    out = capsys.readouterr().out
+    assert raw_controls(out) == []
+    shown_id = "\\x1b[31m[bold red]x[/]\\u202e\\x9b\\u200b"
+    shown_text = "evil \\x1b[2J\\x9b31m \\u202eright-to-left\\u202c zero\\u200bwidth [bold red]x[/]\\nsecond line"
+    assert f"  + {shown_id}  {shown_text}\n" in out
+    assert f"  - {shown_id}-old  {shown_text}\n" in out
+    assert "  ~ to-edit  plain\n" in out and f"→ {shown_text}\n" in out
+
+
+def test_cli_json_keeps_the_exact_text(hostile_repo, capsys, monkeypatch):
+    monkeypatch.chdir(hostile_repo)
+    assert cli.main(["diff", "HEAD~1", "HEAD", "--no-params", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert raw_controls(out) == []  # JSON escapes, not raw characters ...
+    data = json.loads(out)  # ... which decode to exactly what the files hold
+    assert data["added_examples"] == [{"id": HOSTILE_ID, "text": HOSTILE_TEXT, "old_text": None}]
+    assert data["removed_examples"] == [{"id": HOSTILE_ID + "-old", "text": HOSTILE_TEXT, "old_text": None}]
+    assert data["edited_examples"] == [{"id": "to-edit", "text": HOSTILE_TEXT, "old_text": "plain"}]
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.records import make_record, write_records
+from pipeline.core.records import make_record, write_records
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -136,6 +136,23 @@ def make_two_versions(repo: Path) -> Path:
     init_repo(repo)
     write_version(repo, V1, V1_DECISIONS, 0.001, "v1")
     write_version(repo, v2_records(), V2_DECISIONS, 0.002, "v2")
+    return repo
+
+
+# Text no terminal may receive raw: an SGR and a clear-screen, a C1 CSI, a bidi
+# override, a zero-width space, Rich markup; in ids as well as bodies.
+HOSTILE_ID = "\x1b[31m[bold red]x[/]\u202e\x9b\u200b"
+HOSTILE_TEXT = "evil \x1b[2J\x9b31m \u202eright-to-left\u202c zero\u200bwidth [bold red]x[/]\nsecond line"
+
+
+def make_hostile_versions(repo: Path) -> Path:
+    """v1 → v2: one hostile record removed, one added, one edited into hostile text."""
+    init_repo(repo, pipeline=False)
+    kept = rec(0)
+    write_version(repo, [kept, {"id": HOSTILE_ID + "-old", "text": HOSTILE_TEXT}, {"id": "to-edit", "text": "plain"}],
+                  [], 0.001, "v1")
+    write_version(repo, [kept, {"id": HOSTILE_ID, "text": HOSTILE_TEXT}, {"id": "to-edit", "text": HOSTILE_TEXT}],
+                  [], 0.001, "v2")
     return repo
 
 

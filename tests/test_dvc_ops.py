@@ -1,4 +1,4 @@
-"""pipeline/dvc_ops.py against real git + DVC: states, runs, experiments, remotes, cancel."""
+"""pipeline/engines/dvc_ops.py against real git + DVC: states, runs, experiments, remotes, cancel."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_diff_repo import dvc, git, make_two_versions  # noqa: E402
 
-from pipeline import dvc_ops  # noqa: E402
-from pipeline.diff import diff_records  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.params import RemoteParams  # noqa: E402
+from pipeline.engines import dvc_ops  # noqa: E402
+from pipeline.commands.diff import diff_records  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
+from pipeline.core.params import RemoteParams  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -149,9 +149,7 @@ def test_not_a_dvc_repo_and_dvc_missing(tmp_path, monkeypatch):
         dvc_ops.dvc_command()
 
 
-def test_parse_overrides_and_clean_lines():
+def test_parse_overrides():
     assert dvc_ops.parse_overrides(" train.lr=1e-3, train.lora.r=16 ") == ["train.lr=1e-3", "train.lora.r=16"]
     with pytest.raises(UserError, match="dotted.key=value"):
         dvc_ops.parse_overrides("train.lr")
-    assert dvc_ops.clean_line("\x1b[31mred\x1b[0m [b]x[/b]\r\n") == "red [b]x[/b]"
-    assert dvc_ops.clean_line("10%\r50%\r100%") == "100%"

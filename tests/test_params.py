@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params
 
 
 def load(tmp_path, text: str, overrides=()):

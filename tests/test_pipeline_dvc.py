@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import REPO, env_with_bin
-from pipeline.records import read_records
+
+from pipeline.core.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def repo(tmp_path_factory):
 
 def test_repro_produces_dataset_adapter_and_report(repo):
     root, first = repo
-    for stage in ("synthesize", "dedupe", "base", "build", "train", "eval"):
+    for stage in ("synthesize", "dedupe", "base", "build", "train", "eval", "export"):
         assert f"Running stage '{stage}'" in first.stdout
     train = list(read_records(root / "data/final/train.jsonl"))
     val = list(read_records(root / "data/final/val.jsonl"))
@@ -84,6 +84,7 @@ def test_repro_produces_dataset_adapter_and_report(repo):
     assert set(gens[0]) == {"prompt", "base", "adapter"}
     lock = (root / "dvc.lock").read_text()
     assert "models/adapter" in lock and "OPENAI" not in lock
+    assert (root / "models/merged/model.safetensors").exists() and (root / "models/merged/Modelfile").exists()
 
 
 def test_second_repro_does_nothing(repo):
@@ -114,3 +115,13 @@ def test_exp_run_with_set_reruns_only_downstream(repo):
     assert "Running stage 'synthesize'" not in exp.stdout and "Running stage 'build'" not in exp.stdout
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], root).stdout)
     assert "train.lora.r" in json.dumps(shown) or '"r": 4' in json.dumps(shown)
+
+
+def test_checkpoints_survive_repro_and_a_forced_rerun_resumes(repo):
+    """models/checkpoints is persist: DVC keeps it, so a re-run (here forced) continues the same run."""
+    root, _ = repo
+    adapter = (root / "models/adapter/adapter_model.safetensors").read_bytes()
+    forced = sh(["dvc", "repro", "--force", "--single-item", "train"], root)
+    assert "train: resuming from step" in forced.stdout
+    assert (root / "models/adapter/adapter_model.safetensors").read_bytes() == adapter
+

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.records import (
-    RecordError, append_jsonl, atomic_writer, count_lines, make_record, read_records,
-    read_records_lenient_ids, record_id, render_text, with_body, write_records,
+from pipeline.core.records import (
+    RecordError,
+    append_jsonl,
+    count_lines,
+    make_record,
+    read_records,
+    read_records_lenient_ids,
+    record_id,
+    render_text,
+    with_body,
+    write_records,
 )
 
 
@@ -148,7 +155,7 @@ def test_killed_writer_leaves_old_file(tmp_path):
     write_records(path, [make_record(text="old")])
     code = f"""
 import os, signal
-from pipeline.records import atomic_writer
+from pipeline.core.records import atomic_writer
 with atomic_writer({str(path)!r}) as fh:
     fh.write('{{"partial": ')
     fh.flush()

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_review_support import pair_and_chat, write_records
 
-from pipeline.errors import UserError
-from pipeline.records import RecordError, dumps, editable_text, make_record
-from pipeline.review_queue import (
+from pipeline.core.errors import UserError
+from pipeline.core.records import RecordError, dumps, editable_text, make_record
+from pipeline.engines.review_queue import (
     CHUNK,
     DroppedIndex,
     Filter,
     LineIndex,
     ReviewQueue,
     approx_tokens,
+    compile_query,
     id_key,
     id_keys,
 )
-from test_review_support import pair_and_chat, write_records
 
 
 def _queue(tmp_path, records=None, n=12):
@@ -145,8 +151,43 @@ def test_search_substring_regex_wraps_and_sees_edits(tmp_path):
     assert q.search("zeppelins", 0) == 5
     q.set_filter(Filter.parse("rejected"))
     assert q.search("fridges", 0) is None
-    with pytest.raises(Exception):
+    with pytest.raises(re.error, match=r"missing \), unterminated subpattern"):
         q.search("/(unclosed/", 0)
+
+
+def test_search_folds_case_the_same_way_in_both_directions(tmp_path):
+    q, _ = _queue(tmp_path, [make_record(text="Die Straße ist lang"), make_record(text="die strasse"),
+                             make_record(text="5 \u212a, not 5 k"), make_record(text="ÉCOLE")], n=0)
+    assert q.search("strasse", 1) == 0 and q.search("strasse", 0) == 1
+    assert q.search("straße", 1) == 0 and q.search("straße", 0) == 1
+    assert q.search("STRASSE", 1) == 0
+    assert q.search("5 k,", 0) == 2  # the Kelvin sign folds to k
+    assert q.search("école", 0) == 3
+
+
+# Characters whose full case fold differs from ASCII lowering, JSON's escaped characters, and plain ones.
+fold_alphabet = st.sampled_from(list("aAsSkKiIfFlLtTeE ßẞſKİﬁﬂﬅÉéΣσςΐ東\"\\/\n\t\x1b\u2028😀"))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(fold_alphabet, min_size=1, max_size=12), query=st.text(fold_alphabet, min_size=1, max_size=4),
+       ascii_writer=st.booleans(), sub=st.data())
+def test_search_prefilter_never_rejects_a_line_the_matcher_accepts(text, query, ascii_writer, sub):
+    if sub.draw(st.booleans()):  # often a piece of the text itself, in another case
+        at = sub.draw(st.integers(0, len(text) - 1))
+        query = sub.draw(st.sampled_from([str.upper, str.lower, str.casefold, str]))(text[at:at + len(query)])
+    matcher, _ = compile_query(query)
+    record = make_record(text=text)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "r.jsonl"
+        # tenny's own writer keeps non-ASCII as is; other writers escape it
+        path.write_text((json.dumps(record) if ascii_writer else dumps(record)) + "\n", encoding="utf-8")
+        q = ReviewQueue(path, Path(folder) / "d.jsonl")
+        q.open()
+        try:
+            assert (q.search(query, 0) == 0) == matcher(text), (text, query)
+        finally:
+            q.close()
 
 
 def test_bulk_decides_what_the_filter_shows(tmp_path):
@@ -171,6 +212,39 @@ def test_dropped_index_finds_twins_by_matched_id(tmp_path):
     assert count == 5 and [t["id"] for t in twins] == ["d9", "d7", "d5"]  # best score first
     assert ix.twins("we\"ird")[1] == 1
     assert ix.twins("nobody") == ([], 0)
+
+
+def test_dropped_index_reads_only_the_best_of_many_twins(tmp_path):
+    path = tmp_path / "dropped.jsonl"
+    rows = [{"id": f"d{i}", "matched_id": "keep", "score": 50 + i / 100, "text": f"t{i}"} for i in range(1000)]
+    rows.insert(500, {"id": "no-score", "matched_id": "keep", "text": "?"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ix = DroppedIndex(path)
+    ix.scan()
+    twins, count = ix.twins("keep", limit=3)
+    assert count == 1001 and [t["id"] for t in twins] == ["d999", "d998", "d997"]
+    assert ix.twins("keep", limit=1001)[0][-1]["id"] == "no-score"  # a row without a score goes last
+
+
+@pytest.mark.parametrize("row, problem", [
+    ('{"id": "a\\q"}', r"dropped.jsonl:2: malformed JSON: Invalid \\escape"),
+    ('{"id": "b", "matched_id": "c\\q"}', r"dropped.jsonl:2: malformed JSON: Invalid \\escape"),
+    ('{"id": "b", "score": 1}', r"dropped.jsonl:2: matched_id: missing or not a string"),
+])
+def test_a_bad_dropped_row_is_named_by_the_scan(tmp_path, row, problem):
+    path = tmp_path / "dropped.jsonl"
+    path.write_text('{"id": "x", "matched_id": "keep", "score": 90}\n' + row + "\n")
+    with pytest.raises(RecordError, match=problem + ".*re-run `tenny dedupe`"):
+        DroppedIndex(path).scan()
+
+
+def test_a_bad_dropped_row_is_named_when_shown(tmp_path):
+    path = tmp_path / "dropped.jsonl"
+    path.write_text('{"id": "x", "matched_id": "keep", "score": 90}\n{"id": "y\\q", "matched_id": "keep"}\n')
+    ix = DroppedIndex(path)
+    ix.scan()  # the matched_id reads fine without parsing the row
+    with pytest.raises(RecordError, match=r"dropped.jsonl:2: malformed JSON"):
+        ix.twins("keep")
 
 
 def test_id_key_and_helpers():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_review_support import HOSTILE, pair_and_chat, ready, wait_for, write_records
 
-from pipeline.decisions import append_decision, load_states, read_decisions
-from pipeline.records import dumps, make_record
+from pipeline.core.decisions import append_decision, load_states, read_decisions
+from pipeline.core.records import dumps, make_record
 from tui.review_app import ReviewApp
 from tui.screens.review import ReviewScreen
 from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog
-from test_review_support import HOSTILE, pair_and_chat, ready, wait_for, write_records
 
 SIZE = (100, 30)
 
@@ -321,7 +321,7 @@ async def test_hostile_text_is_inert(tmp_path):
             assert not any(span.style and "link" in str(span.style) for span in text.spans)
         plain = str(app.review.query_one("#rv-sample").render())
         assert "[bold red]styled?[/]" in plain and "[link=http://evil.example]" in plain  # markup shown as text
-        assert "␛[31m" in plain and "<RLO>" in plain and "<ZWSP>" in plain and "␀" in plain
+        assert "\\x1b[31m" in plain and "\\u202e" in plain and "\\u200b" in plain and "\\x00" in plain
         # what reaches the terminal: no control character in the cells, no OSC or clear in the bytes
         compositor = app.screen._compositor
         cells = "".join(seg.text for strip in compositor.render_strips() for seg in strip)
@@ -331,13 +331,53 @@ async def test_hostile_text_is_inert(tmp_path):
         await pilot.press("j")
         plain = str(app.review.query_one("#rv-sample").render())
         assert "80,000 more characters not shown" in plain
-        await _open_dialog(pilot, EditDialog, "e")  # the editor shows placeholders too
+        await _open_dialog(pilot, EditDialog, "e")  # the editor shows the escapes too
         await pilot.press("escape")
         await _open_dialog(pilot, EditDialog, "k", "e")
         assert "\x1b" not in app.screen.query_one("TextArea").text
         await pilot.press("escape")
         await pilot.press("a")
     assert load_states(tmp_path / "d.jsonl")[hostile["id"]].status == "accepted"
+
+
+async def test_twins_panel_shows_the_best_scored_first(files, tmp_path):
+    _, _, recs = files
+    # more twins than the panel reads, written worst first: the best are at the end of the file
+    rows = [{"id": f"d{i}", "matched_id": recs[0]["id"], "score": 50 + i / 10, "text": f"twin {i}",
+             "matched_text": ""} for i in range(400)]
+    (tmp_path / "dropped.jsonl").write_text("".join(dumps(r) + "\n" for r in rows))
+    app = _app(files)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: app.review.dropped is not None)
+        side = str(app.review.query_one("#rv-side").render())
+        shown = side[side.index("NEAR-TWINS"):].splitlines()[1:9]
+        assert [line.split()[0] for line in shown] == ["89.9", "89.8", "89.7", "89.6", "89.5", "89.4", "89.3", "89.2"]
+        assert "twin 399" in shown[0] and "… and 392 more" in side
+
+
+@pytest.mark.parametrize("bad_row, where", [
+    ('{"id": "a\\q"}', "status"),  # a bad escape: no matched_id can be read; the scan worker fails
+    ('{"id": "a\\q", "matched_id": "MATCHED", "score": 99}', "panel"),  # found when the row is shown
+])
+async def test_a_bad_dropped_report_row_is_reported_and_the_app_stays_up(files, tmp_path, bad_row, where):
+    _, log, recs = files
+    good = dumps({"id": "dup", "matched_id": recs[0]["id"], "score": 91.0, "text": "t", "matched_text": ""})
+    (tmp_path / "dropped.jsonl").write_text(good + "\n" + bad_row.replace("MATCHED", recs[0]["id"]) + "\n")
+    app = _app(files)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        side = app.review.query_one("#rv-side")
+        await wait_for(pilot, lambda: "unavailable" in str(side.render()), what="the near-twins error")
+        expected = "dropped.jsonl:2: malformed JSON: Invalid \\escape"
+        assert expected in str(side.render())
+        if where == "status":
+            assert "near-twins failed" in str(app.review.query_one("#rv-status").render())
+            assert expected in app.review.note
+        await pilot.press("a")  # the review goes on
+        assert app.is_running and app.review.pos == 1
+    assert _log(files) == [(recs[0]["id"], "accept")]
+    assert load_states(log)[recs[0]["id"]].status == "accepted"
 
 
 @pytest.mark.parametrize("records_text, log_text, expect", [
@@ -412,8 +452,8 @@ async def test_screen_pushed_from_another_app(files):
 def test_command_line_errors_before_the_screen_opens(tmp_path):
     import argparse
 
-    from pipeline.errors import UserError
-    from tui import review_command
+    from pipeline.commands import review as review_command
+    from pipeline.core.errors import UserError
 
     parser = argparse.ArgumentParser()
     review_command.add_arguments(parser)
@@ -433,7 +473,7 @@ def test_the_review_command_module_does_not_import_textual():
     import subprocess
     import sys
 
-    code = "import sys, tui.review_command; print('textual' in sys.modules)"
+    code = "import sys, pipeline.commands.review; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from pipeline.decisions import append_decision
-from pipeline.records import dumps, make_record
-from tui.review_app import ReviewApp
 from test_review_support import HOSTILE, pair_and_chat, ready, wait_for, write_records
+
+from pipeline.core.decisions import append_decision
+from pipeline.core.records import dumps, make_record
+from tui.review_app import ReviewApp
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from pipeline.records import dumps, make_record
+from pipeline.core.records import dumps, make_record
 
 HOSTILE = (
     "[bold red]styled?[/] [link=http://evil.example]click[/link] "

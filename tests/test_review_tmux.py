@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from pipeline.decisions import load_states, read_decisions
 from test_review_support import write_records
+
+from pipeline.core.decisions import load_states, read_decisions
 
 TMUX = shutil.which("tmux")
 TENNY = Path(sys.executable).parent / "tenny"

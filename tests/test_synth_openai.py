@@ -1,6 +1,6 @@
 """Provider openai, end to end: the real openai client against the loopback server.
 
-Every test runs the stage (pipeline.synthesize.run) in an empty project folder
+Every test runs the stage (pipeline.stages.synthesize.run) in an empty project folder
 with its own prompt file, and asserts on what the server was asked and what
 landed in data/raw/samples.jsonl and reports/synthesize.json.
 """
@@ -17,10 +17,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import FakeOpenAI, Rule, request_key  # noqa: E402
 
-from pipeline import synthesize  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.params import validate  # noqa: E402
-from pipeline.records import read_records  # noqa: E402
+from pipeline.stages import synthesize  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
+from pipeline.core.params import validate  # noqa: E402
+from pipeline.core.records import read_records  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -374,7 +374,7 @@ def test_cli_startup_does_not_import_the_openai_client():
     import subprocess
 
     code = ("import sys; from pipeline.cli import build_parser; build_parser(); "
-            "import pipeline.providers.openai_api; "
+            "import pipeline.engines.synthesis.providers.openai_api; "
             "heavy = [m for m in ('openai', 'aiohttp', 'httpx2') if m in sys.modules]; "
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from pipeline.openai_synth.cost import Budget, price_for
-from pipeline.openai_synth.limits import Pacer, backoff, retry_after
-from pipeline.params import validate
+from pipeline.core.params import validate
+from pipeline.engines.synthesis.openai_client.cost import Budget, price_for
+from pipeline.engines.synthesis.openai_client.limits import Pacer, backoff, retry_after
 
 
 def test_pacer_allows_one_second_of_burst_then_spaces_requests():

@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import Rule, last_user  # noqa: E402
 from test_synth_openai import params_for, project, run_stage, server, write_prompt  # noqa: E402,F401
 
-from pipeline.openai_synth import prompt_files  # noqa: E402
-from pipeline.openai_synth.plan import Sampling, plan, planned_count  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
+from pipeline.engines.synthesis.openai_client import prompt_files  # noqa: E402
+from pipeline.engines.synthesis.openai_client.plan import Sampling, plan, planned_count  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -96,12 +97,12 @@ def test_conversations_mode_makes_messages_records(project, server):
 def test_malformed_conversation_is_dropped_and_counted(project, server):
     write_prompt(mode="conversations", user="A chat about {topic}.", grid={"topic": ["kettles"]})
     server.responder = lambda body: "I'd rather not."
-    with pytest.raises(Exception, match="no usable samples"):
+    with pytest.raises(UserError, match="no usable samples"):
         run_stage(params_for(server))
 
 
 def test_rewrite_mode_keeps_the_shape_and_names_the_source(project, server):
-    from pipeline.records import make_record, write_records
+    from pipeline.core.records import make_record, write_records
 
     sources = [make_record(text="Airports sell time."),
                make_record(prompt="Q?", completion="Old answer."),

@@ -16,8 +16,8 @@ from conftest import env_with_bin  # noqa: E402
 from openai_server import FakeOpenAI  # noqa: E402
 from test_synth_openai import KEY, PERSONA  # noqa: E402
 
-from pipeline.openai_synth.request_cache import RequestCache  # noqa: E402
-from pipeline.records import read_records  # noqa: E402
+from pipeline.core.records import read_records  # noqa: E402
+from pipeline.engines.synthesis.openai_client.request_cache import RequestCache  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 CELLS = 40
@@ -83,8 +83,8 @@ def test_kill_then_resume_asks_only_for_what_is_missing(tmp_path, slow_server, t
 
 
 def test_batch_mode_uploads_creates_polls_and_reads_back(tmp_path, slow_server, tenny_bin, monkeypatch):
-    from pipeline import synthesize
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.stages import synthesize
 
     setup_project(tmp_path, slow_server, batch=True, batch_poll_s=0.01)
     slow_server.batch_polls = 3
@@ -120,8 +120,8 @@ def test_killed_batch_run_resumes_polling_instead_of_paying_again(tmp_path, slow
 def test_batch_lines_that_failed_go_into_the_next_batch(tmp_path, slow_server, monkeypatch):
     from openai_server import Rule
 
-    from pipeline import synthesize
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.stages import synthesize
 
     setup_project(tmp_path, slow_server, batch=True, batch_poll_s=0.01)
     slow_server.rules = [Rule("topic 7.", ["500"])]
@@ -144,7 +144,7 @@ def test_shut_down_returns_even_if_a_cancelled_request_never_finishes(monkeypatc
     import asyncio
     import time
 
-    from pipeline.openai_synth import engine
+    from pipeline.engines.synthesis.openai_client import engine
 
     monkeypatch.setattr(engine, "SHUT_DOWN_S", 0.05)
     loop = asyncio.new_event_loop()

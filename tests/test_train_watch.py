@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline.train_progress import ProgressReader, summary_line
+from pipeline.core import run_status as rs
+from pipeline.core.run_status import RunStatus
+from pipeline.engines.train_progress import ProgressReader, summary_line
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,30 +36,29 @@ def write_plot(d: Path, name: str, text: str, mode: str = "w") -> None:
 
 def train_like(d: Path, steps: int, *, total: int | None = None, pause: float = 0.0, finish: bool = True,
                started: threading.Event | None = None) -> None:
-    """What pipeline/train.py does, with the real dvclive Live API."""
+    """What the train stage writes, through its own writers: dvclive's Live under run_status's
+    metric names, and run_status.RunStatus for run.json (a rename there breaks these tests)."""
     from dvclive import Live
 
     total = total or steps
-    t0 = time.time()
+    status = RunStatus(d / rs.RUN_JSON, total_steps=total, device="cpu", quantization="none", base_model="tiny", eta_s=None)
     with Live(dir=str(d), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         for step in range(steps):
-            live.log_metric("train/loss", 3.0 / (step + 1))
-            live.log_metric("train/lr", 1e-3)
-            live.log_metric("train/tokens_per_s", 1000.0 + step)
-            live.log_metric("train/epoch", (step + 1) / total)
-            live.log_metric("train/step_time_s", 0.1)
+            live.log_metric(rs.TRAIN_LOSS, 3.0 / (step + 1))
+            live.log_metric(rs.LEARNING_RATE, 1e-3)
+            live.log_metric(rs.TOKENS_PER_S, 1000.0 + step)
+            live.log_metric(rs.EPOCH, (step + 1) / total)
+            live.log_metric(rs.STEP_TIME, 0.1)
             if step % 2 == 1:
-                live.log_metric("eval/loss", 4.0 / (step + 1))
+                live.log_metric(rs.EVAL_LOSS, 4.0 / (step + 1))
             live.next_step()
-            write_run(d, status="running", total_steps=total, step=step + 1, started_at=t0, updated_at=time.time(),
-                      eta_s=(total - step - 1) * 0.1, device="cpu", quantization="none", base_model="tiny",
-                      last_checkpoint=f"models/adapter/checkpoint-{step + 1}" if step % 2 else None)
+            status.update(step=step + 1, eta_s=(total - step - 1) * 0.1,
+                          last_checkpoint=f"models/checkpoints/run-x/checkpoint-{step + 1}" if step % 2 else None)
             if started is not None:
                 started.set()
             time.sleep(pause)
     if finish:
-        write_run(d, status="finished", total_steps=total, step=steps, started_at=t0, updated_at=time.time(),
-                  eta_s=0, device="cpu", quantization="none", base_model="tiny", last_checkpoint="models/adapter")
+        status.update(status="finished", step=steps, eta_s=0, last_checkpoint="models/adapter")
 
 
 def test_reader_follows_a_live_run(tmp_path):
@@ -78,9 +79,9 @@ def test_reader_follows_a_live_run(tmp_path):
     p = reader.poll()
     assert p.status == "finished" and p.step == 12 and p.total_steps == 12
     assert len(set(seen_steps)) > 1, "the watcher saw the run progress, not just its end"
-    assert [s for s, _ in p.series["train/loss"]] == list(range(12))
-    assert p.series["eval/loss"][-1] == (11, pytest.approx(4.0 / 12))
-    assert p.value("train/lr") == pytest.approx(1e-3)
+    assert [s for s, _ in p.series[rs.TRAIN_LOSS]] == list(range(12))
+    assert p.series[rs.EVAL_LOSS][-1] == (11, pytest.approx(4.0 / 12))
+    assert p.value(rs.LEARNING_RATE) == pytest.approx(1e-3)
     assert p.epoch == pytest.approx(1.0)
     assert p.last_checkpoint == "models/adapter"
     assert "finished" in summary_line(p)
@@ -93,43 +94,43 @@ def test_half_written_files_are_tolerated(tmp_path):
     good = reader.poll()
     assert good.step == 3
     # A TSV line caught mid-write, and JSON files cut in the middle.
-    write_plot(d, "train/loss", "3\t0.7", "a")
+    write_plot(d, rs.TRAIN_LOSS, "3\t0.7", "a")
     (d / "metrics.json").write_text('{"train": {"loss": 0.')
     (d / "run.json").write_text('{"status": "runn')
     p = reader.poll()
-    assert [s for s, _ in p.series["train/loss"]] == [0, 1, 2]  # the partial line waits
+    assert [s for s, _ in p.series[rs.TRAIN_LOSS]] == [0, 1, 2]  # the partial line waits
     assert p.step == 3 and p.status in ("running", "stale")  # the last good run.json is kept
     assert any("run.json" in x for x in p.problems) and any("metrics.json" in x for x in p.problems)
-    write_plot(d, "train/loss", "5\n", "a")
-    assert reader.poll().series["train/loss"][-1] == (3, pytest.approx(0.75))
+    write_plot(d, rs.TRAIN_LOSS, "5\n", "a")
+    assert reader.poll().series[rs.TRAIN_LOSS][-1] == (3, pytest.approx(0.75))
 
 
 def test_fresh_reader_on_garbage_and_a_new_run(tmp_path):
     d = tmp_path / "dvclive"
-    write_plot(d, "train/loss", "step\tloss\nnot-a-number\tx\n1\t0.5\n")
+    write_plot(d, rs.TRAIN_LOSS, "step\tloss\nnot-a-number\tx\n1\t0.5\n")
     (d / "run.json").write_text("{")
     reader = ProgressReader(d)
     p = reader.poll()
-    assert p.series["train/loss"] == [(1, 0.5)] and p.problems
+    assert p.series[rs.TRAIN_LOSS] == [(1, 0.5)] and p.problems
     # A new run replaces the folder: the old series is forgotten, not mixed in.
     import shutil
 
     shutil.rmtree(d)
     train_like(d, 2)
     p = reader.poll()
-    assert [s for s, _ in p.series["train/loss"]] == [0, 1] and p.status == "finished"
+    assert [s for s, _ in p.series[rs.TRAIN_LOSS]] == [0, 1] and p.status == "finished"
 
 
 def test_plots_caught_before_their_first_row(tmp_path):
     # The moment dvclive has created a TSV (header only, or nothing yet) and no JSON file.
     d = tmp_path / "dvclive"
-    write_plot(d, "train/loss", "step\tloss\n")
-    write_plot(d, "train/lr", "")
+    write_plot(d, rs.TRAIN_LOSS, "step\tloss\n")
+    write_plot(d, rs.LEARNING_RATE, "")
     reader = ProgressReader(d)
     p = reader.poll()
-    assert p.step is None and p.series["train/loss"] == [] and p.problems == []
+    assert p.step is None and p.series[rs.TRAIN_LOSS] == [] and p.problems == []
     assert "step" not in summary_line(p)
-    write_plot(d, "train/loss", "0\t2.5\n", "a")
+    write_plot(d, rs.TRAIN_LOSS, "0\t2.5\n", "a")
     assert reader.poll().step == 0
 
 
@@ -162,10 +163,10 @@ def test_cli_once_and_follow(tmp_path, capsys, monkeypatch):
 
 async def test_monitor_screen_follows_a_run_without_gpu(tmp_path, monkeypatch):
     """The app watching while a run writes; NVML absent → 'no GPU'."""
-    from tui.app import TrainWatchApp
-    from pipeline.train_progress import Nvml
-
     import pynvml
+
+    from pipeline.engines.train_progress import Nvml
+    from tui.app import TrainWatchApp
 
     def no_nvml():
         raise pynvml.NVMLError_LibraryNotFound()
@@ -203,23 +204,23 @@ async def test_monitor_screen_on_plots_before_their_first_row(tmp_path):
     from tui.app import TrainWatchApp
 
     d = tmp_path / "dvclive"
-    write_plot(d, "train/loss", "step\tloss\n")
+    write_plot(d, rs.TRAIN_LOSS, "step\tloss\n")
     app = TrainWatchApp(d, interval=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(20):
             await pilot.pause(0.05)
             if app.screen.progress:
                 break
-        assert app.screen.progress.series == {"train/loss": []}
+        assert app.screen.progress.series == {rs.TRAIN_LOSS: []}
         assert "step —" in str(app.screen.query_one("#train-header").render())
         assert app.screen.query_one("#loss-chart")._shown[0][1] == 0
 
 
 def test_nvml_reading_never_raises(monkeypatch):
-    from pipeline.train_progress import Nvml
-    from tui.widgets.gpu_panel import render_gpus
-
     import pynvml
+
+    from pipeline.engines.train_progress import Nvml
+    from tui.widgets.gpu_panel import render_gpus
 
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 0)
@@ -231,9 +232,9 @@ def test_nvml_reading_never_raises(monkeypatch):
 @pytest.mark.timeout(300)
 def test_watching_a_real_tiny_training_run(in_tmp):
     """The lead's train stage (tiny model, CPU) in a thread; the reader follows it to the end."""
-    from pipeline import base, train
-    from pipeline.params import load_params
-    from pipeline.records import make_record, write_records
+    from pipeline.core.params import load_params
+    from pipeline.core.records import make_record, write_records
+    from pipeline.stages import base, train
 
     texts = [f"Sample number {i}: printers sense fear and deadlines sense printers." for i in range(24)]
     write_records(in_tmp / "data/final/train.jsonl", [make_record(text=t) for t in texts[:20]])
@@ -260,8 +261,8 @@ def test_watching_a_real_tiny_training_run(in_tmp):
     assert not errors, errors
     prog = reader.poll()
     assert prog.status == "finished" and prog.step == prog.total_steps == 10
-    assert len(prog.series["train/loss"]) == 10 and len(prog.series["eval/loss"]) == 2
+    assert len(prog.series[rs.TRAIN_LOSS]) == 10 and len(prog.series[rs.EVAL_LOSS]) == 2
     assert prog.device == "cpu" and prog.base_model == "tiny" and prog.last_checkpoint
-    assert prog.value("train/tokens_per_s") > 0
+    assert prog.value(rs.TOKENS_PER_S) > 0
     assert len(seen - {None}) >= 1
     assert "finished · step 10/10" in summary_line(prog)

@@ -4,14 +4,16 @@ and the packaged SmolLM2 taking a LoRA step."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from pipeline import base, evaluate, train
-from pipeline.modeling import IGNORE_INDEX, encode_example, load_base_model, train_tiny_tokenizer
-from pipeline.params import load_params
-from pipeline.records import make_record, write_records
+from pipeline.core.params import load_params
+from pipeline.core.records import make_record, write_records
+from pipeline.engines.modeling import IGNORE_INDEX, encode_example, load_base_model, train_tiny_tokenizer
+from pipeline.stages import base, train
+from pipeline.stages import eval as evaluate
 
 TEXTS = [f"Sample number {i}: printers sense fear and deadlines sense printers." for i in range(24)]
 
@@ -80,9 +82,11 @@ def test_tiny_training_is_seeded_and_logs_live_metrics(tiny_project):
     status = json.loads((tiny_project / "dvclive/run.json").read_text())
     assert status["status"] == "finished" and status["step"] == status["total_steps"] == 4
     metrics = json.loads((tiny_project / "dvclive/metrics.json").read_text())
-    assert metrics["step"] == 3 and "loss" in metrics["eval"] and metrics["quantization"] == "none"
+    assert metrics["step"] == 4 and "loss" in metrics["eval"] and metrics["quantization"] == "none"
     loss_rows = (tiny_project / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()
-    assert loss_rows[0].split("\t") == ["step", "loss"] and len(loss_rows) == 5
+    assert loss_rows[0].split("\t") == ["step", "loss"] and [r.split("\t")[0] for r in loss_rows[1:]] == ["1", "2", "3", "4"]
+    eval_steps = [r.split("\t")[0] for r in (tiny_project / "dvclive/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]]
+    assert eval_steps == ["2", "4"]
 
     train.run(p)
     second = lora_weights(tiny_project / "models/adapter")
@@ -92,7 +96,7 @@ def test_tiny_training_is_seeded_and_logs_live_metrics(tiny_project):
 
 
 def test_wrong_target_modules_name_the_choices(tiny_project):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     p = params_for(tiny_project, base_model="tiny", max_steps=1)  # default q_proj/v_proj: not in GPT-2
     base.run(p)
@@ -116,11 +120,17 @@ def small_llama(in_tmp):
 
 @pytest.mark.parametrize("quantization, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_qlora_through_bitsandbytes_on_cpu(small_llama, quantization, layer):
-    p = params_for(small_llama, base_model="llama-local", quantization=quantization, max_steps=2, batch_size=4)
+    p = params_for(small_llama, base_model="llama-local", quantization=quantization, max_steps=2, batch_size=4,
+                   save_every=1)
     base.run(p)
     model = load_base_model(small_llama / "models/base", quantization, "cpu")
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer
     train.run(p)
+    # Packed rows and checkpoints work on a k-bit base too: drop the last one and the run resumes.
+    (run_dir,) = (small_llama / "models/checkpoints").iterdir()
+    shutil.rmtree(run_dir / "checkpoint-2")
+    train.run(p)
+    assert json.loads((small_llama / "dvclive/run.json").read_text())["resumed_from_step"] == 1
     info = json.loads((small_llama / "models/adapter/training.json").read_text())
     assert info["quantization"] == quantization and info["device"] == "cpu"
     assert json.loads((small_llama / "dvclive/metrics.json").read_text())["quantization"] == quantization
@@ -140,7 +150,7 @@ def test_packaged_smollm2_converts_and_takes_a_lora_step(in_tmp):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from pipeline.modeling import collate
+    from pipeline.engines.packing import PaddedCollator
 
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
@@ -149,7 +159,8 @@ def test_packaged_smollm2_converts_and_takes_a_lora_step(in_tmp):
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     rec = make_record(messages=[{"role": "user", "content": "Give me a cynical take on printers."},
                                 {"role": "assistant", "content": "Printers sense fear and feed on deadlines."}])
-    batch = collate([encode_example(rec, tok, 64)] * 2, tok.pad_token_id)
+    ids, labels = encode_example(rec, tok, 64)
+    batch = PaddedCollator(tok.pad_token_id)([{"input_ids": ids, "labels": labels}] * 2)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
     before = model(**batch).loss
     before.backward()
@@ -166,7 +177,7 @@ def test_mean_loss_leaves_the_model_in_the_mode_it_found():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pipeline.train import mean_loss
+    from pipeline.stages.eval import mean_loss
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2))

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.params import load_params
-from pipeline.providers.transcripts import clean_line
-from pipeline.records import read_records
-from pipeline.synthesize import run as synthesize
+from pipeline.core.errors import UserError
+from pipeline.core.params import load_params
+from pipeline.core.records import read_records
+from pipeline.engines.synthesis.providers.transcripts import clean_line
+from pipeline.stages.synthesize import run as synthesize
 
 
 class Counts(dict):

@@ -23,8 +23,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
-from pipeline import paths
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.text import clean
 
 SCREENS_HELP = (
     ("pipeline", "1", "Pipeline: stages, runs, push/pull"),
@@ -121,7 +122,8 @@ class TennyApp(App):
         if run is not None and not self._quit_armed:
             # Quitting would end the run (its output pipe closes): say so once.
             self._quit_armed = True
-            self.notify(f"{run.command} is running: press q again to cancel it and quit", severity="warning")
+            self.notify(clean(f"{run.command} is running: press q again to cancel it and quit"), severity="warning",
+                        markup=False)
             return
         if run is not None:
             import asyncio
@@ -134,12 +136,12 @@ class TennyApp(App):
         try:
             from tui.screens.review import ReviewScreen
         except ImportError as err:
-            self.notify(f"the review screen is not available: {err}", severity="error")
+            self.notify(clean(f"the review screen is not available: {err}"), severity="error", markup=False)
             return
         try:
             screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS)
         except UserError as err:
-            self.notify(str(err), severity="error")
+            self.notify(clean(str(err)), severity="error", markup=False)
             return
         self.push_screen(screen)
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from textual.app import App
 
-from pipeline.errors import UserError
-
+from pipeline.core.errors import UserError
 from tui.screens.review import ReviewScreen
 
 

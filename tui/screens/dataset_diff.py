@@ -1,7 +1,10 @@
 """Dataset diff: which records changed between two revisions, not just which files.
 
-The same diff as `tenny diff` (pipeline/diff.py), run in a worker thread; a
+The same diff as `tenny diff` (pipeline/commands/diff.py), run in a worker thread; a
 million records each side takes seconds, and the screen stays responsive.
+
+Ids, texts, revisions, keys and notes came from files or the form: every cell
+is a ``Text`` from ``pipeline.core.text`` (a plain ``str`` cell is parsed as markup).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
-from pipeline.diff import DEFAULT_PATH, DiffResult, changed_values
-from pipeline.errors import UserError
+from pipeline.commands.diff import DEFAULT_PATH, DiffResult, changed_values
+from pipeline.core.errors import UserError
+from pipeline.core.text import as_line, as_text, clean
 
 
 def _fmt(v) -> str:
@@ -26,11 +30,18 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
+def _cell(value, style: str = "") -> Text:
+    return as_line(value, 200, style=style)
+
+
 class DatasetDiffScreen(Screen):
     BINDINGS = [
         Binding("ctrl+r", "run_diff", "Diff"),
         Binding("ctrl+s", "swap", "Swap A/B"),
     ]
+
+    # The table, not the REV fields: a screen that opens in a text field would swallow the app's keys.
+    AUTO_FOCUS = "#diff-examples"
 
     def __init__(self, rev_a: str = "HEAD~1", rev_b: str = "HEAD", path: str = DEFAULT_PATH, *,
                  root: str | Path | None = None, auto_run: bool = False, **kwargs):
@@ -60,7 +71,7 @@ class DatasetDiffScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"dataset diff — {self.root}"
+        self.sub_title = clean(f"dataset diff — {self.root}")
         titles = {"#diff-counts": "records", "#diff-tokens": "token lengths (≈ chars/4)",
                   "#diff-examples": "changed records", "#diff-decisions": "review decisions",
                   "#diff-params": "params and metrics"}
@@ -71,7 +82,7 @@ class DatasetDiffScreen(Screen):
             self.action_run_diff()
 
     def _message(self, text: str, style: str = "") -> None:
-        self.query_one("#diff-message", Static).update(Text(text, style=style))
+        self.query_one("#diff-message", Static).update(as_text(text, multiline=True, style=style))
 
     def action_swap(self) -> None:
         a, b = self.query_one("#rev-a", Input), self.query_one("#rev-b", Input)
@@ -92,7 +103,7 @@ class DatasetDiffScreen(Screen):
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
     def _diff(self, a: str, b: str, path: str) -> None:
-        from pipeline.diff import diff_records
+        from pipeline.commands.diff import diff_records
 
         try:
             result = diff_records(self.root, a, b, path)
@@ -114,14 +125,15 @@ class DatasetDiffScreen(Screen):
         summary = (f"{r.path}: {r.a.rev} → {r.b.rev}   +{r.added:,} added   −{r.removed:,} removed   "
                    f"~{r.edited:,} edited   {r.meta_changed:,} meta changed   {r.unchanged:,} unchanged   "
                    f"({r.seconds:.1f} s)")
-        msg = Text(summary, style="bold")
+        msg = as_text(summary, style="bold")
         for note in r.notes:
-            msg.append(f"\n{note}", style="dim")
+            msg.append("\n")
+            msg.append_text(as_line(note, style="dim"))
         self.query_one("#diff-message", Static).update(msg)
 
         counts = self.query_one("#diff-counts", DataTable)
         counts.clear(columns=True)
-        counts.add_columns("", r.a.rev, r.b.rev)
+        counts.add_columns("", _cell(r.a.rev), _cell(r.b.rev))
         counts.add_row("records", f"{r.a.records:,}", f"{r.b.records:,}")
         for kind in ("text", "pair", "chat"):
             if r.a.kinds.get(kind) or r.b.kinds.get(kind):
@@ -134,7 +146,7 @@ class DatasetDiffScreen(Screen):
 
         tokens = self.query_one("#diff-tokens", DataTable)
         tokens.clear(columns=True)
-        tokens.add_columns("tokens", r.a.rev, r.b.rev)
+        tokens.add_columns("tokens", _cell(r.a.rev), _cell(r.b.rev))
         sa, sb = r.a.token_stats(), r.b.token_stats()
         for key in ("mean", "p50", "p90", "p99", "max"):
             tokens.add_row(key, _fmt(sa.get(key)), _fmt(sb.get(key)))
@@ -145,26 +157,28 @@ class DatasetDiffScreen(Screen):
         ex = self.query_one("#diff-examples", DataTable)
         ex.clear(columns=True)
         ex.add_columns("", "id", "text")
-        # Record text is untrusted: Text(), never markup.
         for e in r.added_examples:
-            ex.add_row(Text("+", style="green"), e.id, Text(e.text))
+            ex.add_row(Text("+", style="green"), _cell(e.id), _cell(e.text))
         for e in r.removed_examples:
-            ex.add_row(Text("−", style="red"), e.id, Text(e.text))
+            ex.add_row(Text("−", style="red"), _cell(e.id), _cell(e.text))
         for e in r.edited_examples:
-            ex.add_row(Text("~", style="yellow"), e.id, Text(f"{e.old_text or '?'}  →  {e.text}"))
+            change = _cell(e.old_text or "?")
+            change.append("  →  ")
+            change.append_text(_cell(e.text))
+            ex.add_row(Text("~", style="yellow"), _cell(e.id), change)
         for rid in r.meta_examples:
-            ex.add_row(Text("m", style="dim"), rid, Text("meta changed", style="dim"))
+            ex.add_row(Text("m", style="dim"), _cell(rid), Text("meta changed", style="dim"))
 
         dec = self.query_one("#diff-decisions", DataTable)
         dec.clear(columns=True)
         dec.add_columns("decisions", "ids")
         if r.decisions:
             d = r.decisions
-            dec.add_row(f"decided at {r.a.rev}", f"{d.decided_a:,}")
-            dec.add_row(f"decided at {r.b.rev}", f"{d.decided_b:,}")
+            dec.add_row(_cell(f"decided at {r.a.rev}"), f"{d.decided_a:,}")
+            dec.add_row(_cell(f"decided at {r.b.rev}"), f"{d.decided_b:,}")
             dec.add_row("changed", f"{d.changed:,}")
             for t, n in d.transitions.items():
-                dec.add_row(f"  {t}", f"{n:,}")
+                dec.add_row(_cell(f"  {t}"), f"{n:,}")
             if d.edit_text_changed:
                 dec.add_row("  edited text changed", f"{d.edit_text_changed:,}")
             if d.tags_changed:
@@ -174,10 +188,10 @@ class DatasetDiffScreen(Screen):
 
         pm = self.query_one("#diff-params", DataTable)
         pm.clear(columns=True)
-        pm.add_columns("", "file", "key", r.a.rev, r.b.rev, "change")
+        pm.add_columns("", "file", "key", _cell(r.a.rev), _cell(r.b.rev), "change")
         for title, diff in (("param", r.params), ("metric", r.metrics)):
             for fname, key, old, new, delta in changed_values(diff):
-                pm.add_row(title, Text(str(fname)), Text(str(key)), Text(_fmt(old)), Text(_fmt(new)),
+                pm.add_row(title, _cell(fname), _cell(key), _cell(_fmt(old)), _cell(_fmt(new)),
                            "" if delta is None else _fmt(delta))
         if not pm.row_count:
             pm.add_row("", "", "no params or metrics changed", "", "", "")

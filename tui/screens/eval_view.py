@@ -21,9 +21,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from pipeline import paths
-from pipeline.dvc_ops import clean_text, flatten
-from pipeline.errors import UserError
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.text import as_line, as_text, clean
+from pipeline.engines.dvc_ops import flatten
 
 _BASE_KEYS = ("base", "base_output", "base_generation", "base_text")
 _ADAPTER_KEYS = ("adapter", "adapter_output", "adapter_generation", "adapter_text", "tuned")
@@ -40,7 +41,7 @@ def _first(row: dict, keys) -> str | None:
 
 def load_generations(path: Path) -> list[dict]:
     """[{"prompt", "base", "adapter"}], merging one-row-per-model files by prompt."""
-    from pipeline.records import iter_jsonl
+    from pipeline.core.records import iter_jsonl
 
     merged: dict[str, dict] = {}
     for _, row in iter_jsonl(path):
@@ -74,6 +75,15 @@ def load_metrics(path: Path) -> dict:
     return flatten(data) if isinstance(data, dict) else {}
 
 
+def _answer(prompt: str, output: str | None, missing: str) -> Text:
+    """The prompt in bold, then the model's answer; both model or user text, so never markup."""
+    out = Text()
+    out.append_text(as_text(prompt, multiline=True, style="bold"))
+    out.append("\n\n")
+    out.append_text(as_text(output, multiline=True) if output is not None else Text(missing, style="dim"))
+    return out
+
+
 class EvalScreen(Screen):
     BINDINGS = [Binding("ctrl+r", "refresh", "Reload")]
 
@@ -97,7 +107,7 @@ class EvalScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"eval — {self.root / paths.REPORTS}"
+        self.sub_title = clean(f"eval — {self.root / paths.REPORTS}")
         self.query_one("#eval-metrics", DataTable).border_title = "metrics"
         self.query_one("#eval-prompts", DataTable).border_title = "prompts"
         self.query_one("#eval-base-pane").border_title = "base model"
@@ -131,18 +141,18 @@ class EvalScreen(Screen):
     def _show(self, metrics: dict, gens: list[dict], problems: list[str]) -> None:
         self.metrics, self.generations = metrics, gens
         self.query_one("#eval-message", Static).update(
-            Text("\n".join(problems), style="red") if problems else
+            as_text("\n".join(problems), multiline=True, style="red") if problems else
             Text(f"{len(gens)} prompts · {len(metrics)} metrics", style="dim"))
         mt = self.query_one("#eval-metrics", DataTable)
         mt.clear(columns=True)
         mt.add_columns("metric", "value")
         for k, v in metrics.items():
-            mt.add_row(Text(str(k)), Text(f"{v:.6g}" if isinstance(v, float) else str(v)))
+            mt.add_row(as_line(k, 80), as_line(f"{v:.6g}" if isinstance(v, float) else v, 80))
         pt = self.query_one("#eval-prompts", DataTable)
         pt.clear(columns=True)
         pt.add_columns("#", "prompt")
         for i, g in enumerate(gens):
-            pt.add_row(str(i + 1), Text(clean_text(g["prompt"][:120]).replace("\n", " ")), key=str(i))
+            pt.add_row(str(i + 1), as_line(g["prompt"], 120), key=str(i))
         self.show_generation(0)
 
     def show_generation(self, index: int) -> None:
@@ -150,10 +160,8 @@ class EvalScreen(Screen):
             base = adapter = Text("no generations", style="dim")
         else:
             g = self.generations[max(0, min(index, len(self.generations) - 1))]
-            base = Text(clean_text(g["prompt"]) + "\n\n", style="bold")
-            base.append(clean_text(g["base"]) if g["base"] is not None else "(no base output)", style="")
-            adapter = Text(clean_text(g["prompt"]) + "\n\n", style="bold")
-            adapter.append(clean_text(g["adapter"]) if g["adapter"] is not None else "(no adapter output)", style="")
+            base = _answer(g["prompt"], g["base"], "(no base output)")
+            adapter = _answer(g["prompt"], g["adapter"], "(no adapter output)")
         self.query_one("#eval-base", Static).update(base)
         self.query_one("#eval-adapter", Static).update(adapter)
 

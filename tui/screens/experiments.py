@@ -17,14 +17,17 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from pipeline import dvc_ops
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.text import as_line, as_text, clean
+from pipeline.engines import dvc_ops
 
 
 def _cell(v):
     # DataTable shows floats with 2 decimals (0.002 → "0.00"): format them ourselves.
     if isinstance(v, float):
         return f"{v:.6g}"
+    if isinstance(v, str):
+        return as_line(v, 80)  # a plain str cell is parsed as markup; params and names are anyone's text
     return "" if v is None else v
 
 
@@ -65,14 +68,14 @@ class ExperimentsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"experiments — {self.root}"
+        self.sub_title = clean(f"experiments — {self.root}")
 
     def on_screen_resume(self) -> None:
         # Every visit re-reads: a run on the pipeline screen or in a shell adds experiments.
         self.action_refresh()
 
     def _message(self, text: str, style: str = "") -> None:
-        self.query_one("#exp-message", Static).update(Text(text, style=style))
+        self.query_one("#exp-message", Static).update(as_text(text, multiline=True, style=style))
 
     def action_refresh(self) -> None:
         self._message("running dvc exp show…", "dim")
@@ -101,15 +104,15 @@ class ExperimentsScreen(Screen):
         table.add_column("rev", key="rev")
         table.add_column("created", key="created")
         for k in varying:
-            table.add_column(Text(k, style="cyan"), key=f"p:{k}")
+            table.add_column(as_line(k, style="cyan"), key=f"p:{k}")
         for k in metrics:
-            table.add_column(Text(k, style="magenta"), key=f"m:{k}")
+            table.add_column(as_line(k, style="magenta"), key=f"m:{k}")
         for i, r in enumerate(rows):
             key = f"{i}:{r.rev}"
             self.rows[key] = r
-            name = Text(("  └ " if r.parent else "") + (r.name or ""), style="" if r.parent else "bold")
+            name = as_line(("  └ " if r.parent else "") + (r.name or ""), style="" if r.parent else "bold")
             table.add_row(
-                "", name, r.rev[:7] if r.rev != dvc_ops.WORKSPACE else r.rev, (r.timestamp or "")[:16],
+                "", name, _cell(r.rev[:7] if r.rev != dvc_ops.WORKSPACE else r.rev), _cell((r.timestamp or "")[:16]),
                 *[_cell(r.params.get(k)) for k in varying], *[_cell(r.metrics.get(k)) for k in metrics],
                 key=key,
             )

@@ -4,6 +4,9 @@ Runs are the same `dvc repro` / `dvc exp run` a shell would start, in their
 own process group (so cancel stops the stage command too), read by a worker
 thread; the screen only drains a queue of lines, so it never freezes however
 much a stage prints. Stage states come from `dvc status --json` and dvc.lock.
+
+Stage names, DVC's words, errors and the overrides a person typed are shown
+through ``pipeline.core.text`` (Text cells, notifications with markup off).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
-from pipeline import dvc_ops
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.text import as_line, as_text, clean
+from pipeline.engines import dvc_ops
 from tui.widgets.log_view import RunLog
 
 STATE_STYLE = {"up to date": "green", "changed": "yellow", "never run": "dim", "unknown": "red"}
@@ -41,6 +46,7 @@ class PipelineScreen(Screen):
     BINDINGS = [
         Binding("r", "repro_all", "Repro all"),
         Binding("t", "repro_stage", "Repro to stage"),
+        Binding("o", "focus_overrides", "Overrides"),
         Binding("e", "exp_run", "Exp run"),
         Binding("x", "cancel_run", "Cancel run"),
         Binding("ctrl+r", "refresh", "Refresh"),
@@ -49,6 +55,9 @@ class PipelineScreen(Screen):
         Binding("c", "cloud_status", "Status -c"),
     ]
 
+    # The stage table, never the overrides field (`o` goes there): keys work as the screen opens.
+    AUTO_FOCUS = "#stages"
+
     def __init__(self, root: str | Path | None = None, params=None, **kwargs):
         super().__init__(**kwargs)
         self.root = Path(root or Path.cwd())
@@ -56,6 +65,7 @@ class PipelineScreen(Screen):
         self.current: dvc_ops.Run | None = None
         self.stages: list[dvc_ops.StageState] = []
         self.last_exit: int | None = None
+        self.settle_notes: list[str] = []  # what the last run's workspace check found
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -63,7 +73,7 @@ class PipelineScreen(Screen):
             yield Static(id="pipeline-message")
             yield DataTable(id="stages", cursor_type="row", zebra_stripes=True)
             with Horizontal(id="run-controls"):
-                yield Input(placeholder="overrides for exp run, e.g. train.lr=1e-3 train.lora.r=16", id="overrides")
+                yield Input(placeholder="overrides for exp run (o), e.g. train.lr=1e-3 train.lora.r=16", id="overrides")
                 yield Button("Repro all", id="btn-repro", variant="primary")
                 yield Button("Repro to stage", id="btn-repro-stage")
                 yield Button("Exp run", id="btn-exp")
@@ -78,7 +88,7 @@ class PipelineScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"pipeline — {self.root}"
+        self.sub_title = clean(f"pipeline — {self.root}")
         table = self.query_one("#stages", DataTable)
         table.add_columns("stage", "state", "last metrics", "what changed")
         self.query_one("#run-log", RunLog).border_title = "log"
@@ -120,8 +130,8 @@ class PipelineScreen(Screen):
         table.clear()
         for s in states:
             table.add_row(
-                Text(s.name, style="bold"), Text(s.state, style=STATE_STYLE.get(s.state, "")),
-                Text(_metrics_text(s.metrics)), Text(s.detail), key=s.name,
+                as_line(s.name, style="bold"), as_line(s.state, style=STATE_STYLE.get(s.state, "")),
+                as_line(_metrics_text(s.metrics)), as_line(s.detail), key=s.name,
             )
         if states:
             table.move_cursor(row=min(keep, len(states) - 1))
@@ -131,7 +141,7 @@ class PipelineScreen(Screen):
         self._message(" · ".join(f"{n} {state}" for state, n in counts.items()) or "no stages in dvc.yaml", "")
 
     def _message(self, text: str, style: str) -> None:
-        self.query_one("#pipeline-message", Static).update(Text(text, style=style))
+        self.query_one("#pipeline-message", Static).update(as_text(text, multiline=True, style=style))
 
     def selected_stage(self) -> str | None:
         table = self.query_one("#stages", DataTable)
@@ -141,10 +151,10 @@ class PipelineScreen(Screen):
 
     # ------------------------------------------------------------ runs
 
-    def start(self, args: list[str], *, remote: bool = False) -> bool:
+    def start(self, args: list[str], *, remote: bool = False, guard: bool = True) -> bool:
         """Start `dvc ARGS` unless a run is going; False when refused."""
         if self.current is not None:
-            self.notify(f"already running: {self.current.command} (press x to cancel it)", severity="warning")
+            self.say(f"already running: {self.current.command} (press x to cancel it)", severity="warning")
             return False
         try:
             run = dvc_ops.Run(args, self.root)
@@ -156,15 +166,21 @@ class PipelineScreen(Screen):
         self._set_running(True)
         log = self.query_one("#run-log", RunLog)
         log.post(f"$ {run.command}")
-        self._status(Text(f"running: {run.command}", style="bold yellow"))
-        self._execute(run, remote)
+        self._status(as_line(f"running: {run.command}", style="bold yellow"))
+        self._execute(run, remote, guard)
         return True
 
     @work(thread=True, group="pipeline-run", exit_on_error=False)
-    def _execute(self, run: dvc_ops.Run, remote: bool) -> None:
+    def _execute(self, run: dvc_ops.Run, remote: bool, guard: bool) -> None:
         log = self.query_one("#run-log", RunLog)
         code: int | None = None
+        before = None
         try:
+            if guard:
+                # What the run must leave as it is: compared (and repaired) when it ends.
+                before = dvc_ops.workspace_state(self.root)
+                if run.args[:1] == ["repro"]:
+                    dvc_ops.backup_uncached(self.root)
             if remote and self.params is not None:
                 name = dvc_ops.ensure_remote(self.root, self.params.remote)
                 if name and "-r" not in run.args:
@@ -179,22 +195,41 @@ class PipelineScreen(Screen):
         except OSError as err:
             log.post(f"error: could not start dvc: {err}")
         finally:
+            if before is not None:
+                self._settle(run, code, before, log)
             self.app.call_from_thread(self._finished, run, code)
+
+    def _settle(self, run: dvc_ops.Run, code: int | None, before: dvc_ops.WorkspaceState, log: RunLog) -> None:
+        """Put git and DVC state back as the user left it, and say what was done."""
+        try:
+            notes = dvc_ops.settle_workspace(self.root, before, interrupted_stage=run.workspace_stage,
+                                             restore=run.cancelled or code != 0)
+        except (UserError, OSError) as err:
+            notes = [f"could not check the workspace after the run: {err}"]
+        self.settle_notes = notes
+        for note in notes:
+            log.post(f"workspace: {note}")
+        if not notes:
+            log.post("workspace: branch, index and outputs as before the run")
 
     def _finished(self, run: dvc_ops.Run, code: int | None) -> None:
         self.current = None
         self.last_exit = code
         self._set_running(False)
         if run.cancelled:
-            text = Text(f"cancelled: {run.command}", style="bold yellow")
+            text = as_line(f"cancelled: {run.command}", style="bold yellow")
         elif code == 0:
-            text = Text(f"finished: {run.command}", style="bold green")
+            text = as_line(f"finished: {run.command}", style="bold green")
         else:
-            text = Text(f"failed (exit {code}): {run.command} — see the log above", style="bold red")
+            text = as_line(f"failed (exit {code}): {run.command} — see the log above", style="bold red")
         self._status(text)
         self.query_one("#run-log", RunLog).post(text.plain)
         self.action_refresh()
         self._show_remote()
+
+    def say(self, message: str, *, severity: SeverityLevel = "information") -> None:
+        """A notification of text that may quote what a person typed or a file held: never markup."""
+        self.notify(clean(message), severity=severity, markup=False)
 
     def _status(self, text: Text) -> None:
         self.query_one("#run-status", Static).update(text)
@@ -218,17 +253,25 @@ class PipelineScreen(Screen):
         text = self.query_one("#overrides", Input).value
         try:
             overrides = dvc_ops.parse_overrides(text)
+            if not overrides:
+                raise UserError("type overrides first: press o, then e.g. train.lr=1e-3 train.lora.r=16")
+            # Checked by tenny's schema before DVC writes anything into params.yaml.
+            dvc_ops.check_overrides(self.root, overrides)
         except UserError as err:
-            self.notify(str(err), severity="error")
+            self.say(str(err), severity="error")
+            self._message(str(err), "red")
             return
         self.start(dvc_ops.exp_run_args(overrides))
+
+    def action_focus_overrides(self) -> None:
+        self.query_one("#overrides", Input).focus()
 
     def action_cancel_run(self) -> None:
         run = self.current
         if run is None:
             self.notify("nothing is running")
             return
-        self._status(Text(f"cancelling: {run.command}…", style="yellow"))
+        self._status(as_line(f"cancelling: {run.command}…", style="yellow"))
         self._cancel(run)
 
     @work(thread=True, group="pipeline-cancel", exit_on_error=False)
@@ -236,13 +279,13 @@ class PipelineScreen(Screen):
         run.cancel()
 
     def action_push(self) -> None:
-        self.start(dvc_ops.push_args(), remote=True)
+        self.start(dvc_ops.push_args(), remote=True, guard=False)
 
     def action_pull(self) -> None:
-        self.start(dvc_ops.pull_args(), remote=True)
+        self.start(dvc_ops.pull_args(), remote=True, guard=False)
 
     def action_cloud_status(self) -> None:
-        self.start(dvc_ops.cloud_status_args(), remote=True)
+        self.start(dvc_ops.cloud_status_args(), remote=True, guard=False)
 
     @work(thread=True, group="pipeline-remote", exit_on_error=False)
     def _show_remote(self) -> None:
@@ -259,7 +302,7 @@ class PipelineScreen(Screen):
             text = "remote " + ", ".join(f"{n} → {u}" for n, u in known.items())
         else:
             text = note or "no DVC remote: set remote.url in params.yaml (a folder works) to push and pull"
-        self.app.call_from_thread(self.query_one("#remote-label", Static).update, Text(text, style="dim"))
+        self.app.call_from_thread(self.query_one("#remote-label", Static).update, as_line(text, style="dim"))
 
     # ------------------------------------------------------------ buttons
 

@@ -1,13 +1,14 @@
 """The review queue: one sample at a time, decided with one key, logged at once.
 
 The screen never holds the truth. It reads the records through an index
-(``pipeline.review_queue``) and writes each decision to the append-only log
+(``pipeline.engines.review_queue``) and writes each decision to the append-only log
 before it moves on, so a kill, a dropped SSH session or a crash loses at most
 the keystroke in flight; reopening lands on the first undecided sample.
 
 Slow work (indexing, search, a slot filter, bulk decisions, near-twins, a
 tokenizer) runs in thread workers; the screen stays responsive and says what
-is running in the status line.
+is running in the status line, and what failed: a worker that raises never
+takes the app down (exit_on_error=False; ``on_worker_state_changed``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
-from pipeline import paths
-from pipeline.errors import UserError
-from pipeline.records import RecordError, body_kind, editable_text
-from pipeline.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.records import RecordError, body_kind, editable_text
+from pipeline.core.text import as_line, as_text, clean
+from pipeline.engines.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens
 from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog, TagSuggester
 from tui.widgets.review_footer import ReviewFooter
 from tui.widgets.review_panels import sample_text, side_text, status_text
-from tui.widgets.review_text import clean, inert
 
 SAMPLE_LIMIT = 20_000  # characters drawn per field; the rest is counted, not drawn
 RATE_WINDOW_S = 300.0  # samples per minute over the last five minutes
@@ -126,6 +127,7 @@ class ReviewScreen(Screen):
         self.busy = ""  # a running slow task, shown in the status line
         self.search_query: str | None = None
         self.dropped: DroppedIndex | None = None
+        self.twins_error: str | None = None  # the near-twins report could not be read: why
         self.tokenizer = None
         self.rates: deque[float] = deque()
         self.slot_hints: list[str] = []
@@ -161,7 +163,7 @@ class ReviewScreen(Screen):
 
     # ------------------------------------------------------------ opening
 
-    @work(thread=True, exclusive=True, group="open")
+    @work(thread=True, exclusive=True, group="open", exit_on_error=False)
     def _open(self) -> None:
         """Fold the log and index the records (together); show the resume point as soon as it is known."""
         worker = get_current_worker()
@@ -224,25 +226,48 @@ class ReviewScreen(Screen):
         if tok.exists():
             self._load_tokenizer(tok)
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (they all run with exit_on_error=False): say what failed
+        in the status line and keep the screen up. Textual delivers this on the UI thread."""
+        if event.state != WorkerState.ERROR:
+            return
+        err = event.worker.error
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        self.busy = ""
+        group = event.worker.group
+        if group == "open":
+            self._fail(f"{message}\n\nThe review could not open {self.records_path}; fix the file and run "
+                       "`tenny review` again.")
+            return
+        if group == "dropped":
+            self.twins_error = f"unavailable: {message}"
+            self._side()
+        what = {"dropped": "near-twins", "tokenizer": "token count"}.get(group, group)
+        self.say(f"{what} failed: {message}")
+
     def _fail(self, message: str) -> None:
         """A file that cannot be read: say which and what to do; only quit works."""
         self.error = message
         self.busy = ""
-        self.query_one("#rv-sample", Static).update(inert(message, limit=None, style="bold red"))
+        self.query_one("#rv-sample", Static).update(as_text(message, multiline=True, style="bold red"))
         self.query_one("#rv-side", Static).update(Text("q quits", style="dim"))
         self.query_one("#rv-status", Static).update(Text("cannot open the review", style="bold red"))
         self.add_class("-failed")
         self.refresh_bindings()
 
-    @work(thread=True, exclusive=True, group="dropped")
+    @work(thread=True, exclusive=True, group="dropped", exit_on_error=False)
     def _load_dropped(self) -> None:
         index = DroppedIndex(self.dropped_path)
         worker = get_current_worker()
         index.scan(cancelled=lambda: worker.is_cancelled)
-        self.dropped = index
-        self.app.call_from_thread(self._side)
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._dropped_loaded, index)
 
-    @work(thread=True, exclusive=True, group="tokenizer")
+    def _dropped_loaded(self, index: DroppedIndex) -> None:
+        self.dropped = index
+        self._side()
+
+    @work(thread=True, exclusive=True, group="tokenizer", exit_on_error=False)
     def _load_tokenizer(self, path: Path) -> None:
         try:
             from tokenizers import Tokenizer
@@ -295,7 +320,7 @@ class ReviewScreen(Screen):
             state = self.queue.state(self.current.id) if self.queue else None
             sample_view.update(sample_text(self.current.record, state, SAMPLE_LIMIT))
         elif self.current_error is not None:
-            sample_view.update(inert(self.current_error, limit=None, style="bold red"))
+            sample_view.update(as_text(self.current_error, multiline=True, style="bold red"))
         else:
             sample_view.update(Text("nothing to show with this filter — f changes it", style="dim"))
         self.query_one("#rv-sample-scroll", VerticalScroll).scroll_home(animate=False)
@@ -321,12 +346,15 @@ class ReviewScreen(Screen):
         if tokens is None:
             tokens = approx_tokens(whole)
         twins, count, note = None, 0, ""
-        if self.dropped is None:
+        if self.twins_error is not None:
+            note = self.twins_error
+        elif self.dropped is None:
             note = "indexing…" if self.dropped_path.exists() else f"none ({self.dropped_path} not found)"
-        elif self.dropped.error:
-            note = self.dropped.error
         else:
-            twins, count = self.dropped.twins(self.current.id, limit=8)
+            try:
+                twins, count = self.dropped.twins(self.current.id, limit=8)
+            except (UserError, OSError) as err:  # a bad row, or the file gone: the panel says so, the sample still shows
+                note = f"unavailable: {err}"
         side.update(side_text(record=record, line=self.current.line, state=state, chars=len(whole),
                               tokens=tokens, tokens_exact=exact, twins=twins, twin_count=count, twins_note=note))
 
@@ -352,9 +380,9 @@ class ReviewScreen(Screen):
         title = Text()
         title.append(" tenny review ", style="bold reverse")
         title.append(" ")
-        title.append_text(inert(str(self.records_path), limit=200))
+        title.append_text(as_line(self.records_path, 200))
         title.append(" → ", style="dim")
-        title.append_text(inert(str(self.decisions_path), limit=200))
+        title.append_text(as_line(self.decisions_path, 200))
         if self.pos is not None and self.queue is not None:
             title.append(f"   #{self.pos + 1:,} of {len(self.queue):,}", style="bold")
         self.query_one("#rv-title", Static).update(title)
@@ -558,7 +586,7 @@ class ReviewScreen(Screen):
         else:
             self.say("no search yet: / searches")
 
-    @work(thread=True, exclusive=True, group="search")
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
     def _search(self, query: str, step: int) -> None:
         worker = get_current_worker()
         queue = self.queue
@@ -613,7 +641,7 @@ class ReviewScreen(Screen):
 
         self.app.push_screen(FilterDialog(self.queue.filter.label, self.queue.log.known_tags(), self.slot_hints), chosen)
 
-    @work(thread=True, exclusive=True, group="filter")
+    @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
     def _apply_filter(self, flt: Filter) -> None:
         worker = get_current_worker()
         queue = self.queue
@@ -656,7 +684,7 @@ class ReviewScreen(Screen):
 
         self.app.push_screen(ConfirmDialog(question), answered)
 
-    @work(thread=True, exclusive=True, group="bulk")
+    @work(thread=True, exclusive=True, group="bulk", exit_on_error=False)
     def _bulk(self, action: str, count: int) -> None:
         queue = self.queue
         assert queue is not None

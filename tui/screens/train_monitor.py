@@ -19,8 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
-from pipeline import paths
-from pipeline.train_progress import Nvml, Progress, ProgressReader, format_duration
+from pipeline.core import paths
+from pipeline.core import run_status as rs
+from pipeline.core.text import clean
+from pipeline.engines.train_progress import Nvml, Progress, ProgressReader, format_duration
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.loss_chart import LossChart
 
@@ -33,14 +35,16 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
 
 
 def render_header(p: Progress, now: float | None = None) -> Text:
+    # run.json is whatever the run wrote (status, model, device, its error): every such
+    # value is made safe before it is drawn.
     now = time.time() if now is None else now
     t = Text()
     if not p.exists:
-        t.append(f"waiting for {p.dir}/ ", style="bold")
+        t.append(f"waiting for {clean(p.dir)}/ ", style="bold")
         t.append("— no training output yet. Start a run with `dvc repro train` (pipeline screen: select "
                  "train, press t) or `tenny train`; this screen picks it up as soon as it writes.")
         return t
-    t.append(p.status.upper(), style=STATUS_STYLE.get(p.status, "bold"))
+    t.append(clean(p.status.upper()), style=STATUS_STYLE.get(p.status, "bold"))
     step = "—" if p.step is None else f"{p.step:,}"
     total = f"/{p.total_steps:,}" if p.total_steps else ""
     t.append(f"   step {step}{total}")
@@ -53,27 +57,28 @@ def render_header(p: Progress, now: float | None = None) -> Text:
     if p.updated_at:
         t.append(f"   updated {format_duration(now - p.updated_at)} ago", style="dim")
     t.append("\n")
-    t.append(f"model {p.base_model or '—'}   quantization {p.quantization or '—'}   device {p.device or '—'}")
+    t.append(clean(f"model {p.base_model or '—'}   quantization {p.quantization or '—'}   device {p.device or '—'}"))
     if p.status == "failed":
-        t.append(f"\nthe run failed{': ' + p.error if p.error else ''}; its log is in the shell or the pipeline screen "
-                 "that started it", style="red")
+        t.append(f"\nthe run failed{': ' + clean(p.error) if p.error else ''}; its log is in the shell or the pipeline "
+                 "screen that started it", style="red")
     if p.status == "stale":
         t.append("\nno update for a while: the run may have been killed (check the shell or `dvc repro` log)",
                  style="yellow")
     for problem in p.problems:
-        t.append(f"\n{problem}", style="dim")
+        t.append(f"\n{clean(problem)}", style="dim")
     return t
 
 
 def render_stats(p: Progress) -> Text:
     t = Text()
     rows = [
-        ("train loss", _fmt(p.value("train/loss"))),
-        ("eval loss", _fmt(p.value("eval/loss"))),
-        ("learning rate", _fmt(p.value("train/lr"), ".3g")),
-        ("tokens / s", _fmt(p.value("train/tokens_per_s"), ",.0f")),
-        ("step time", "—" if p.value("train/step_time_s") is None else f"{p.value('train/step_time_s'):.2f} s"),
-        ("checkpoint", p.last_checkpoint or "—"),
+        ("train loss", _fmt(p.value(rs.TRAIN_LOSS))),
+        ("eval loss", _fmt(p.value(rs.EVAL_LOSS))),
+        ("learning rate", _fmt(p.value(rs.LEARNING_RATE), ".3g")),
+        ("tokens / s", _fmt(p.value(rs.TOKENS_PER_S), ",.0f")),
+        ("step time", "—" if p.value(rs.STEP_TIME) is None else f"{p.value(rs.STEP_TIME):.2f} s"),
+        ("checkpoint", clean(p.last_checkpoint or "—")),
+        ("resumed from", "—" if p.resumed_from_step is None else f"step {p.resumed_from_step}"),
     ]
     for label, value in rows:
         t.append(f"{label:<14}", style="dim")
@@ -116,7 +121,7 @@ class TrainMonitorScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"training monitor — {self.directory}"
+        self.sub_title = clean(f"training monitor — {self.directory}")
         self.query_one("#train-stats", Static).border_title = "now"
         self.poll()
         self._timer = self.set_interval(self.interval, self.poll)

@@ -1,4 +1,4 @@
-"""Per-GPU utilization, memory, temperature and power (read by pipeline.train_progress.Nvml).
+"""Per-GPU utilization, memory, temperature and power (read by pipeline.engines.train_progress.Nvml).
 
 No NVIDIA driver, no GPU, or no pynvml: the panel says "no GPU" and why.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline.train_progress import GpuStat
+from pipeline.core.text import clean
+from pipeline.engines.train_progress import GpuStat
 
 
 def _bar(fraction: float | None, width: int = 12) -> str:
@@ -20,11 +21,11 @@ def _bar(fraction: float | None, width: int = 12) -> str:
 
 def render_gpus(stats: list[GpuStat], message: str | None) -> Text:
     if not stats:
-        return Text(message or "no GPU", style="dim")
+        return Text(clean(message or "no GPU", multiline=True), style="dim")
     out = Text()
     for s in stats:
         out.append(f"GPU {s.index} ", style="bold")
-        out.append(f"{s.name}\n")
+        out.append(f"{clean(s.name)}\n")  # the driver's name for the board: not ours to trust
         util = "—" if s.util_pct is None else f"{s.util_pct:.0f}%"
         out.append(f"  util  {_bar(None if s.util_pct is None else s.util_pct / 100)} {util}\n")
         if s.mem_used_mb is not None and s.mem_total_mb:

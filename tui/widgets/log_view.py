@@ -3,7 +3,8 @@
 Worker threads append lines to a queue and return at once (a chatty training
 run never waits on the screen); a timer on the UI thread drains the queue into
 a plain-text ``Log``. ``Log`` renders strings as text, never as markup, and
-lines are stripped of terminal escapes first: dvc and stage output is untrusted.
+each line goes through ``text.log_line`` first: dvc and stage output is
+untrusted, so control and invisible characters show as visible escapes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 
 from textual.widgets import Log
 
-from pipeline.dvc_ops import clean_line
+from pipeline.core.text import log_line
 
 
 class RunLog(Log):
@@ -35,7 +36,7 @@ class RunLog(Log):
     def post(self, line: str) -> None:
         """Queue one line from any thread."""
         with self._pending_lock:
-            self._pending.append(clean_line(line))
+            self._pending.append(log_line(line))
 
     def flush(self) -> None:
         with self._pending_lock:

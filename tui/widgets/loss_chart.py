@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
-SERIES = (("train/loss", "train loss"), ("eval/loss", "eval loss"))
+from pipeline.core import run_status as rs
+
+SERIES = ((rs.TRAIN_LOSS, "train loss"), (rs.EVAL_LOSS, "eval loss"))
 
 
 class LossChart(PlotextPlot):

@@ -14,7 +14,7 @@ from textual.suggester import Suggester
 from textual.widgets import Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from tui.widgets.review_text import clean, count_unsafe, inert
+from pipeline.core.text import as_line, as_text, clean, count_unsafe
 
 
 class EditDialog(ModalScreen[str | None]):
@@ -28,19 +28,19 @@ class EditDialog(ModalScreen[str | None]):
 
     def __init__(self, text: str, what: str = "text") -> None:
         super().__init__()
-        # The editor shows the same visible placeholders as the sample view: a
-        # person never edits invisible escapes or bidi overrides they cannot see.
-        self.unsafe = count_unsafe(text)
-        self.initial = clean(text) if self.unsafe else text
+        # The editor shows the same visible escapes as the sample view: a person
+        # never edits invisible escapes or bidi overrides they cannot see.
+        self.unsafe = count_unsafe(text, multiline=True)
+        self.initial = clean(text, multiline=True) if self.unsafe else text
         self.what = what
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-edit"):
-            yield Label(inert(f"Edit the {self.what} — ctrl+s saves (and accepts), escape cancels", limit=None),
+            yield Label(as_text(f"Edit the {self.what} — ctrl+s saves (and accepts), escape cancels"),
                         classes="rv-dialog-title")
             if self.unsafe:
-                yield Static(inert(f"{self.unsafe} control/invisible characters are shown as symbols; "
-                                   "saving keeps the symbols, so delete any you do not want.", limit=None),
+                yield Static(as_text(f"{self.unsafe} control/invisible characters are shown as escapes such as \\x1b; "
+                                     "saving keeps them as typed text, so delete any you do not want."),
                              classes="rv-dialog-note")
             yield TextArea(self.initial, soft_wrap=True, show_line_numbers=False, tab_behavior="indent", id="rv-editor")
 
@@ -90,11 +90,11 @@ class PromptDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-prompt"):
-            yield Label(inert(self.title_text, limit=None), classes="rv-dialog-title")
+            yield Label(as_text(self.title_text, multiline=True), classes="rv-dialog-title")
             yield Input(self.value, placeholder=self.placeholder, suggester=self.suggester,
                         type=self.input_type, id="rv-input")  # type: ignore[arg-type]
             if self.note:
-                yield Static(inert(self.note, limit=None), classes="rv-dialog-note")
+                yield Static(as_text(self.note, multiline=True), classes="rv-dialog-note")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -126,10 +126,10 @@ class FilterDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-filter"):
             # a tag or slot value in the label came from a file: inert, never markup
-            yield Label(inert(f"Filter (now: {self.current}) — type pending, tag:NAME or KEY=VALUE, or pick with ↑/↓; "
-                              "enter applies", limit=None), classes="rv-dialog-title")
+            yield Label(as_text(f"Filter (now: {self.current}) — type pending, tag:NAME or KEY=VALUE, or pick with ↑/↓; "
+                                "enter applies"), classes="rv-dialog-title")
             yield Input(placeholder="pending, tag:funny, topic=airports …", id="rv-input")
-            yield OptionList(*[Option(inert(c, limit=200), id=str(i)) for i, c in enumerate(self.choices)],
+            yield OptionList(*[Option(as_line(c, 200), id=str(i)) for i, c in enumerate(self.choices)],
                              id="rv-filter-list")
 
     def on_mount(self) -> None:
@@ -174,7 +174,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rv-dialog", classes="rv-confirm"):
-            yield Static(inert(self.question, limit=None), classes="rv-dialog-title")
+            yield Static(as_text(self.question, multiline=True), classes="rv-dialog-title")
             yield Label("y  yes      n  no", classes="rv-dialog-note")
 
     def action_answer(self, yes: bool) -> None:

@@ -1,7 +1,8 @@
 """What the review screen draws: the sample, the side panel, the status line.
 
 Pure functions from data to ``rich.text.Text``; every string that came from a
-file goes through ``review_text.inert``.
+file goes through ``pipeline.core.text`` (``as_text``, ``as_line``): never markup,
+and control or invisible characters shown as visible escapes.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import json
 
 from rich.text import Text
 
-from pipeline.decisions import ReviewState
-from pipeline.records import body_kind, editable_turn
-from tui.widgets.review_text import inert, one_line
+from pipeline.core.decisions import ReviewState
+from pipeline.core.records import body_kind, editable_turn
+from pipeline.core.text import as_line, as_text
 
 STATUS_STYLE = {"pending": "bold", "accepted": "bold green", "rejected": "bold red"}
 ROLE_STYLE = {"system": "bold magenta", "user": "bold cyan", "assistant": "bold green", "tool": "bold yellow"}
@@ -28,20 +29,20 @@ def sample_text(record: dict, state: ReviewState | None, limit: int) -> Text:
     if kind == "text":
         if edited is not None:
             out.append("EDITED\n", style="bold yellow")
-            out.append_text(inert(edited, limit))
+            out.append_text(as_text(edited, multiline=True, limit=limit))
             out.append("\n\nORIGINAL\n", style="dim bold")
-            out.append_text(inert(record["text"], limit, style="dim"))
+            out.append_text(as_text(record["text"], multiline=True, limit=limit, style="dim"))
         else:
-            out.append_text(inert(record["text"], limit))
+            out.append_text(as_text(record["text"], multiline=True, limit=limit))
         return out
     if kind == "pair":
         out.append("PROMPT\n", style="bold cyan")
-        out.append_text(inert(record["prompt"], limit))
+        out.append_text(as_text(record["prompt"], multiline=True, limit=limit))
         out.append("\n\nCOMPLETION" + (" (edited)" if edited is not None else "") + "\n", style="bold green")
-        out.append_text(inert(edited if edited is not None else record["completion"], limit))
+        out.append_text(as_text(edited if edited is not None else record["completion"], multiline=True, limit=limit))
         if edited is not None:
             out.append("\n\nORIGINAL COMPLETION\n", style="dim bold")
-            out.append_text(inert(record["completion"], limit, style="dim"))
+            out.append_text(as_text(record["completion"], multiline=True, limit=limit, style="dim"))
         return out
     messages = record["messages"]
     last_assistant = editable_turn(messages)
@@ -51,7 +52,7 @@ def sample_text(record: dict, state: ReviewState | None, limit: int) -> Text:
         label = m["role"].upper() + (" (edited)" if edited is not None and i == last_assistant else "")
         out.append(label + "\n", style=ROLE_STYLE.get(m["role"], "bold"))
         content = edited if edited is not None and i == last_assistant else m["content"]
-        out.append_text(inert(content, limit))
+        out.append_text(as_text(content, multiline=True, limit=limit))
     return out
 
 
@@ -66,14 +67,14 @@ def side_text(*, record: dict, line: int, state: ReviewState | None, chars: int,
     out.append("\n")
     if state is not None and state.tags:
         out.append("tags ", style="dim")
-        out.append_text(inert(", ".join(state.tags), 300))
+        out.append_text(as_line(", ".join(state.tags), 300))
         out.append("\n")
     out.append("\nlength ", style="dim")
     out.append(f"{chars:,} chars")
     if tokens is not None:
         out.append(f" · {'' if tokens_exact else '≈'}{tokens:,} tokens")
     out.append("\nid ", style="dim")
-    out.append_text(one_line(record.get("id", ""), 40))
+    out.append_text(as_line(record.get("id", ""), 40))
     out.append(f"\nline {line:,}", style="dim")
     out.append(f" · {body_kind(record)}\n", style="dim")
 
@@ -84,18 +85,18 @@ def side_text(*, record: dict, line: int, state: ReviewState | None, chars: int,
         for key in keys[:30]:
             value = meta[key]
             if isinstance(value, dict):
-                out.append_text(one_line(str(key), 24))
+                out.append_text(as_line(str(key), 24))
                 out.append("\n")
                 for sk, sv in list(value.items())[:20]:
                     out.append("  ")
-                    out.append_text(one_line(str(sk), 20))
+                    out.append_text(as_line(str(sk), 20))
                     out.append(" = ", style="dim")
-                    out.append_text(one_line(sv if isinstance(sv, str) else json.dumps(sv, ensure_ascii=False), 40))
+                    out.append_text(as_line(sv if isinstance(sv, str) else json.dumps(sv, ensure_ascii=False), 40))
                     out.append("\n")
                 continue
-            out.append_text(one_line(str(key), 24))
+            out.append_text(as_line(str(key), 24))
             out.append(" ", style="dim")
-            out.append_text(one_line(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), 48))
+            out.append_text(as_line(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), 48))
             out.append("\n")
 
     out.append("\nNEAR-TWINS DROPPED FOR IT\n", style="bold")
@@ -108,7 +109,7 @@ def side_text(*, record: dict, line: int, state: ReviewState | None, chars: int,
     for row in twins:
         score = row.get("score")
         out.append(f"{score:.1f} " if isinstance(score, (int, float)) else "? ", style="bold yellow")
-        out.append_text(one_line(row.get("text", ""), 160))
+        out.append_text(as_line(row.get("text", ""), 160))
         out.append("\n")
     if twin_count > len(twins):
         out.append(f"… and {twin_count - len(twins):,} more", style="dim")
@@ -129,5 +130,5 @@ def status_text(*, counts: dict, rate: float | None, rank: int | None, shown: in
     out.append(f"{rank:,}/{shown:,}" if rank is not None else f"–/{shown:,}")
     if note:
         out.append(" · ")
-        out.append_text(one_line(note, 80))
+        out.append_text(as_line(note, 80))
     return out

@@ -1,0 +1,122 @@
+"""Stage eval: does the adapter help? Perplexity and generations, base vs adapter.
+
+reports/eval.json (DVC metrics): val loss and perplexity of the base model and
+of base + adapter, on the same tokens the training loss counts (completions
+and assistant turns). reports/generations.jsonl: the eval prompts answered by
+both, side by side, greedy, so a re-run gives the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.params import Params
+from pipeline.core.records import read_records, write_json, write_jsonl
+from pipeline.engines.modeling import (
+    chat_text,
+    encode_example,
+    load_base_model,
+    load_tokenizer,
+    pick_device,
+    quiet_libraries,
+)
+from pipeline.engines.packing import PaddedCollator
+
+
+def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> float:
+    """Token-weighted mean loss over the labelled tokens of ``examples``."""
+    import torch
+
+    total, tokens = 0.0, 0
+    was_training = model.training  # eval generates right after: dropout must stay off there
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            rows = [{"input_ids": ids, "labels": labels} for ids, labels in examples[i:i + batch_size]]
+            batch = {k: v.to(device) for k, v in PaddedCollator(pad_id)(rows).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=-100, reduction="sum")
+            total += loss.item()
+            tokens += int((shift_labels != -100).sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def prompt_text(tok, user: str, params: Params) -> str:
+    """An eval prompt rendered the way training rendered its examples."""
+    if params.build.format == "chat":
+        system = [{"role": "system", "content": params.build.system_prompt}] if params.build.system_prompt else []
+        return chat_text(tok, system + [{"role": "user", "content": user}], add_generation_prompt=True)
+    return user
+
+
+def generate(model, tok, prompts: list[str], ep, device: str) -> list[str]:
+    import torch
+
+    tok.padding_side = "left"  # decoder-only: pad on the left so every row continues its own prompt
+    out: list[str] = []
+    for i in range(0, len(prompts), ep.batch_size):
+        enc = tok(prompts[i:i + ep.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=ep.max_new_tokens, do_sample=False,
+                                 repetition_penalty=ep.repetition_penalty, no_repeat_ngram_size=ep.no_repeat_ngram_size,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in gen[:, enc["input_ids"].shape[1]:]:
+            out.append(tok.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def run(params: Params, args: Any = None) -> int:
+    quiet_libraries()
+    from peft import PeftModel
+
+    ep, tp = params.eval, params.train
+    if not (paths.ADAPTER_DIR / "adapter_config.json").exists():
+        raise UserError(f"{paths.ADAPTER_DIR}: no adapter; run `tenny train` (or `dvc repro train`) first")
+    device = pick_device(tp.device)
+    tok = load_tokenizer(paths.BASE_DIR, paths.ADAPTER_DIR)
+    val = list(read_records(paths.VAL))
+    if ep.max_val_samples:
+        val = val[: ep.max_val_samples]
+    if not val:
+        raise UserError(f"{paths.VAL}: empty; raise build.val_fraction so eval has samples to score")
+    examples = [encode_example(r, tok, tp.max_seq_len) for r in val]
+
+    base = load_base_model(paths.BASE_DIR, tp.quantization, device)
+    model = PeftModel.from_pretrained(base, str(paths.ADAPTER_DIR))
+    model.eval()
+    adapter_loss = mean_loss(model, examples, ep.batch_size, tok.pad_token_id, device)
+    with model.disable_adapter():
+        base_loss = mean_loss(model, examples, ep.batch_size, tok.pad_token_id, device)
+
+    prompts = ep.prompts or [
+        next((m["content"] for m in r.get("messages", []) if m["role"] == "user"), r.get("prompt", ""))
+        for r in val[:5]
+    ]
+    rendered = [prompt_text(tok, p, params) for p in prompts]
+    adapter_out = generate(model, tok, rendered, ep, device)
+    with model.disable_adapter():
+        base_out = generate(model, tok, rendered, ep, device)
+
+    report = {
+        "val_samples": len(examples),
+        "val_tokens_scored": sum(sum(1 for x in labels[1:] if x != -100) for _, labels in examples),
+        "base": {"loss": round(base_loss, 5), "perplexity": round(math.exp(base_loss), 4)},
+        "adapter": {"loss": round(adapter_loss, 5), "perplexity": round(math.exp(adapter_loss), 4)},
+        "perplexity_ratio": round(math.exp(adapter_loss - base_loss), 4),
+        "quantization": tp.quantization,
+        "device": device,
+    }
+    write_json(paths.EVAL_REPORT, report)
+    write_jsonl(paths.GENERATIONS, (
+        {"prompt": p, "base": b, "adapter": a} for p, b, a in zip(prompts, base_out, adapter_out)))
+    print(f"eval: val perplexity base {report['base']['perplexity']:.2f} → adapter "
+          f"{report['adapter']['perplexity']:.2f} ({len(examples)} samples) → {paths.EVAL_REPORT}")
+    return 0
