@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
+from pathlib import Path
 
 import pytest
+import yaml
 from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
 from pipeline.cli import main
 from pipeline.core.records import iter_jsonl, make_record, read_records, render_text, write_records
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(tmp_path, records, *extra, against=None):
@@ -97,3 +102,24 @@ def test_large_samples_and_emoji_only(tmp_path):
     # emoji-only texts process to "" (default_process keeps letters and digits): exact duplicates, reported
     assert rows[records[3]["id"]]["matched_id"] == records[2]["id"] and rows[records[3]["id"]]["exact"]
     assert records[1]["id"] in rows
+
+
+def test_novelty_falls_to_zero_when_the_input_repeats_itself(tmp_path):
+    # Random letters: two of them never score near the threshold, so the first
+    # 200 are all new and their repeat is all old.
+    rng = random.Random(0)
+    fresh = [" ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=6)) for _ in range(6)) for _ in range(200)]
+    records = [make_record(text=t) for t in fresh] + [make_record(text=t.upper() + "!") for t in fresh]
+    rc, out, report, _ = run_cli(tmp_path, records)
+    assert rc == 0
+    header, *rows = (tmp_path / "novelty.csv").read_text().splitlines()
+    assert rows == ["100,1.0", "200,1.0", "300,0.0", "400,0.0"]
+    plot = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["dedupe"]["plots"][0]["reports/novelty.csv"]
+    assert header.split(",") == [plot["x"], plot["y"]]
+
+
+def test_novelty_last_block_is_a_share_of_what_it_holds():
+    from pipeline.stages.dedupe import novelty_rows
+
+    assert novelty_rows([True] * 100 + [True, False] * 25) == [(100, 1.0), (150, 0.5)]
+    assert novelty_rows([]) == []

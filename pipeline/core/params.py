@@ -203,6 +203,8 @@ class EvalParams(Strict):
     no_repeat_ngram_size: int = Field(4, ge=0, description="greedy decoding loops on small models; 0 turns the block off")
     batch_size: int = Field(8, ge=1)
     max_val_samples: int | None = Field(None, ge=1)
+    sample_val: int = Field(0, ge=0, description="also answer this many val prompts (drawn by id hash, never train); "
+                                                  "their reference answers give the refusal rates")
 
 
 # ---------------------------------------------------------------- export

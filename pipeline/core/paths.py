@@ -23,6 +23,7 @@ REPORTS = Path("reports")
 SYNTH_REPORT = REPORTS / "synthesize.json"
 DEDUPE_REPORT = REPORTS / "dedupe.json"
 DEDUPE_DROPPED = REPORTS / "dedupe_dropped.jsonl"
+NOVELTY = REPORTS / "novelty.csv"  # share dedupe kept per 100 input samples: when synthesis saturates
 DATASET_REPORT = REPORTS / "dataset.json"
 TOKEN_HIST = REPORTS / "token_lengths.csv"
 EVAL_REPORT = REPORTS / "eval.json"

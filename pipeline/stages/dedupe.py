@@ -7,6 +7,10 @@ score, the earliest on a tie). Records whose body is not ``text`` are compared
 on ``records.render_text`` (prompt, newline, completion; or ``role: content``
 lines). ``dedupe.against`` files go first and are never dropped.
 
+reports/novelty.csv (a DVC plot) is the share kept per block of 100 input
+samples, in input order: when it falls towards 0, the generator mostly repeats
+itself and more synthesis buys little.
+
 The engine (pipeline/engines/dedupe_index.py) gives the brute-force result without
 comparing every pair; docs/dedupe.md explains how and what it costs.
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,15 @@ from rapidfuzz.utils import default_process
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
-from pipeline.core.records import dumps, read_records, render_text, write_json, write_jsonl, write_lines
+from pipeline.core.records import (
+    atomic_writer,
+    dumps,
+    read_records,
+    render_text,
+    write_json,
+    write_jsonl,
+    write_lines,
+)
 from pipeline.engines.dedupe_index import Verdicts, dedupe_processed
 
 
@@ -34,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help=f"kept records (default: {paths.DEDUPED})")
     parser.add_argument("--threshold", type=float, help="override dedupe.threshold (0-100)")
     parser.add_argument("--report", help=f"metrics JSON (default: {paths.DEDUPE_REPORT}); the dropped "
-                                         "samples go beside it as <name>_dropped.jsonl")
+                                         f"samples go beside it as <name>_dropped.jsonl, and {paths.NOVELTY.name}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -66,10 +79,33 @@ class _Progress:
             self.bar.close()
 
 
+NOVELTY_BLOCK = 100
+
+
+def novelty_rows(kept: Sequence[bool], block: int = NOVELTY_BLOCK) -> list[tuple[int, float]]:
+    """(samples read so far, share of the last block kept), one row per block of input.
+
+    The last block may be short; its share is over the samples it holds.
+    """
+    rows = []
+    for start in range(0, len(kept), block):
+        chunk = kept[start:start + block]
+        rows.append((start + len(chunk), round(sum(chunk) / len(chunk), 4)))
+    return rows
+
+
+def write_novelty(path: Path, kept: Sequence[bool]) -> None:
+    with atomic_writer(path) as fh:
+        fh.write("samples,kept_share\n")
+        fh.writelines(f"{n},{share}\n" for n, share in novelty_rows(kept))
+
+
 def _engine(params: Params):
     """(run_jobs, close) for dedupe.engine; None means the local thread pool."""
     if params.dedupe.engine == "dask":
-        from pipeline.engines.dedupe_dask import dask_runner  # imported here: the CLI must start without dask
+        from pipeline.engines.dedupe_dask import (
+            dask_runner,  # imported here: the CLI must start without dask
+        )
 
         return dask_runner(params.dedupe.scheduler, params.dedupe.workers)
     return None, (lambda: None)
@@ -139,6 +175,7 @@ def run(params: Params, args: Any = None) -> int:
     # the kept lines are records read (and validated) above, already in their written form
     kept = write_lines(dst, (lines[i] for i in range(n_fixed, len(lines)) if matched[i] < 0))
     write_jsonl(dropped_path, dropped_rows())
+    write_novelty(report_path.with_name(paths.NOVELTY.name), [m < 0 for m in matched[n_fixed:]])
     write_json(report_path, {
         "threshold": threshold,
         "input": n_new,

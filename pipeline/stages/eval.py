@@ -4,17 +4,26 @@ reports/eval.json (DVC metrics): val loss and perplexity of the base model and
 of base + adapter, on the same tokens the training loss counts (completions
 and assistant turns). reports/generations.jsonl: the eval prompts answered by
 both, side by side, greedy, so a re-run gives the same text.
+
+The answers are also measured offline (pipeline/engines/eval_metrics.py):
+variety, loops, length against the training answers, stopping on time,
+copying training answers, and refusing what the val data says is unknowable.
+The prompts are ``eval.prompts`` plus ``eval.sample_val`` val prompts, which
+bring their reference answers along.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.core.records import read_records, write_json, write_jsonl
+from pipeline.engines.eval_metrics import answer_metrics, median_words
 from pipeline.engines.modeling import (
     chat_text,
     encode_example,
@@ -57,20 +66,67 @@ def prompt_text(tok, user: str, params: Params) -> str:
     return user
 
 
-def generate(model, tok, prompts: list[str], ep, device: str) -> list[str]:
+def answers_of(record: dict) -> list[str]:
+    """What a record teaches the model to say: its assistant turns, completion or text."""
+    if "messages" in record:
+        return [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+    return [record["completion"] if "completion" in record else record["text"]]
+
+
+def prompt_and_reference(record: dict) -> tuple[str, str] | None:
+    """A user turn and the answer to it (a chat's last such exchange); None for a text record."""
+    if "prompt" in record:
+        return record["prompt"], record["completion"]
+    reference = user = None
+    for turn in record.get("messages", []):
+        if turn["role"] == "user":
+            user = turn["content"]
+        elif turn["role"] == "assistant" and user is not None:
+            reference = (user, turn["content"])
+    return reference
+
+
+def sample_val(val: list[dict], k: int) -> list[tuple[str, str]]:
+    """``k`` val prompts with their references, ordered by a hash of the id.
+
+    The same sample is drawn whatever else comes and goes in val, so two runs
+    (or two versions) of the data answer comparable prompts.
+    """
+    pairs = [(hashlib.blake2b(r["id"].encode(), digest_size=8).digest(), pr)
+             for r in val if (pr := prompt_and_reference(r)) is not None]
+    return [pr for _, pr in sorted(pairs)[:k]]
+
+
+def eval_prompts(ep, val: list[dict]) -> list[tuple[str, str | None]]:
+    """(user turn, reference answer or None) for every prompt both models answer."""
+    if not ep.prompts and not ep.sample_val:
+        return [pr for r in val[:5] if (pr := prompt_and_reference(r)) is not None]
+    return [(p, None) for p in ep.prompts] + sample_val(val, ep.sample_val)
+
+
+def generate(model, tok, prompts: list[str], ep, device: str) -> tuple[list[str], list[int]]:
+    """Greedy answers and, for each, its token count before EOS (``max_new_tokens`` if cut off)."""
     import torch
 
     tok.padding_side = "left"  # decoder-only: pad on the left so every row continues its own prompt
     out: list[str] = []
+    counts: list[int] = []
     for i in range(0, len(prompts), ep.batch_size):
         enc = tok(prompts[i:i + ep.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=ep.max_new_tokens, do_sample=False,
                                  repetition_penalty=ep.repetition_penalty, no_repeat_ngram_size=ep.no_repeat_ngram_size,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        for row in gen[:, enc["input_ids"].shape[1]:]:
-            out.append(tok.decode(row, skip_special_tokens=True).strip())
-    return out
+        for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+            # rows that stopped early are padded after their EOS (pad may be EOS itself)
+            n = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+            counts.append(n)
+            out.append(tok.decode(row[:n], skip_special_tokens=True).strip())
+    return out, counts
+
+
+def train_answers(records: Iterable[dict]) -> list[str]:
+    return [a for r in records for a in answers_of(r)]
 
 
 def run(params: Params, args: Any = None) -> int:
@@ -82,9 +138,8 @@ def run(params: Params, args: Any = None) -> int:
         raise UserError(f"{paths.ADAPTER_DIR}: no adapter; run `tenny train` (or `dvc repro train`) first")
     device = pick_device(tp.device)
     tok = load_tokenizer(paths.BASE_DIR, paths.ADAPTER_DIR)
-    val = list(read_records(paths.VAL))
-    if ep.max_val_samples:
-        val = val[: ep.max_val_samples]
+    all_val = list(read_records(paths.VAL))
+    val = all_val[: ep.max_val_samples] if ep.max_val_samples else all_val
     if not val:
         raise UserError(f"{paths.VAL}: empty; raise build.val_fraction so eval has samples to score")
     examples = [encode_example(r, tok, tp.max_seq_len) for r in val]
@@ -96,27 +151,32 @@ def run(params: Params, args: Any = None) -> int:
     with model.disable_adapter():
         base_loss = mean_loss(model, examples, ep.batch_size, tok.pad_token_id, device)
 
-    prompts = ep.prompts or [
-        next((m["content"] for m in r.get("messages", []) if m["role"] == "user"), r.get("prompt", ""))
-        for r in val[:5]
-    ]
+    asked = eval_prompts(ep, all_val)
+    prompts = [p for p, _ in asked]
+    references = [ref for _, ref in asked]
     rendered = [prompt_text(tok, p, params) for p in prompts]
-    adapter_out = generate(model, tok, rendered, ep, device)
+    adapter_out, adapter_tokens = generate(model, tok, rendered, ep, device)
     with model.disable_adapter():
-        base_out = generate(model, tok, rendered, ep, device)
+        base_out, base_tokens = generate(model, tok, rendered, ep, device)
+    trained = train_answers(read_records(paths.TRAIN))
 
     report = {
         "val_samples": len(examples),
         "val_tokens_scored": sum(sum(1 for x in labels[1:] if x != -100) for _, labels in examples),
-        "base": {"loss": round(base_loss, 5), "perplexity": round(math.exp(base_loss), 4)},
-        "adapter": {"loss": round(adapter_loss, 5), "perplexity": round(math.exp(adapter_loss), 4)},
+        "base": {"loss": round(base_loss, 5), "perplexity": round(math.exp(base_loss), 4),
+                 **answer_metrics(base_out, base_tokens, ep.max_new_tokens, trained, references)},
+        "adapter": {"loss": round(adapter_loss, 5), "perplexity": round(math.exp(adapter_loss), 4),
+                    **answer_metrics(adapter_out, adapter_tokens, ep.max_new_tokens, trained, references)},
         "perplexity_ratio": round(math.exp(adapter_loss - base_loss), 4),
+        "prompts_answered": len(prompts),
+        "train_median_words": median_words(trained),
         "quantization": tp.quantization,
         "device": device,
     }
     write_json(paths.EVAL_REPORT, report)
     write_jsonl(paths.GENERATIONS, (
-        {"prompt": p, "base": b, "adapter": a} for p, b, a in zip(prompts, base_out, adapter_out)))
+        {"prompt": p, "base": b, "adapter": a, **({"reference": ref} if ref is not None else {})}
+        for p, b, a, ref in zip(prompts, base_out, adapter_out, references)))
     print(f"eval: val perplexity base {report['base']['perplexity']:.2f} → adapter "
           f"{report['adapter']['perplexity']:.2f} ({len(examples)} samples) → {paths.EVAL_REPORT}")
     return 0
