@@ -273,9 +273,11 @@ def main() -> None:
     args.n_samples = len(examples)
     lengths = sorted(len(ids) for ids, _ in examples)
     gpu = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    what = f"{len(examples)} samples of {args.project}/data/final/train.jsonl" if args.project else f"{args.samples} samples"
+    timed = "one epoch per variant" if args.epoch and args.project else f"{args.steps} timed steps"
     print(f"# {args.preset} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}), LoRA r=16 q/v, {gpu}, "
-          f"torch {torch.__version__}; {args.samples} samples: median {lengths[len(lengths) // 2]} tokens, "
-          f"p90 {lengths[int(len(lengths) * 0.9)]}; {args.steps} timed steps after {args.warmup}")
+          f"torch {torch.__version__}; {what}: median {lengths[len(lengths) // 2]} tokens, "
+          f"p90 {lengths[int(len(lengths) * 0.9)]}; {timed} after {args.warmup} warm-up steps")
     results = []
     for variant in args.only:
         if variant == "bare":

@@ -163,8 +163,9 @@ class TrainParams(Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     batch_size: int = Field(8, ge=1, description="rows per device per step (packed rows hold several samples)")
     grad_accum: int = Field(1, ge=1)
-    packing: bool = Field(True, description="pack samples into rows of max_seq_len tokens (no cross-sample attention): "
-                                            "less padding, fewer steps; measured faster on short samples (docs/training.md)")
+    packing: bool = Field(False, description="pack samples into rows of max_seq_len tokens (no cross-sample attention): "
+                                             "less padding when lengths vary; measured slower on short, even persona "
+                                             "samples on the CPU (docs/training.md)")
     lr: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
