@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_app import wait_for  # noqa: E402
 from test_diff_repo import GIT_ENV, dvc, git  # noqa: E402
 
 from pipeline.core.params import load_params  # noqa: E402
@@ -182,15 +183,6 @@ def test_check_overrides_refuses_before_dvc(repo, override, message):
 
 def test_check_overrides_accepts_a_real_change(repo):
     assert dvc_ops.check_overrides(repo, ["train.lr=1e-3", "train.max_steps=3"]) == ["train.lr=1e-3", "train.max_steps=3"]
-
-
-async def wait_for(pilot, condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_invalid_override_in_the_app_writes_and_starts_nothing(repo):

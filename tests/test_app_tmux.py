@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_app_safety import SLOW, make_trained_repo, snapshot  # noqa: E402
 from test_diff_repo import GIT_ENV  # noqa: E402
-from test_review_tmux import TENNY, TMUX, Terminal  # noqa: E402
+from test_review_tmux import TENNY, TMUX, Terminal, wait_dead  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(TMUX is None or not TENNY.exists(), reason="needs tmux and the tenny script"),
               pytest.mark.timeout(120)]
@@ -54,17 +54,6 @@ def leave_field(term: Terminal) -> None:
     while field_row() == focused:
         assert time.monotonic() < deadline, "escape did not leave the override field"
         time.sleep(0.05)
-
-
-def wait_gone(pid: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} still alive after {timeout} s")
 
 
 def children(pid: int) -> list[int]:
@@ -125,7 +114,7 @@ def test_kill_9_of_the_app_mid_experiment_leaves_the_repo(repo):
         os.kill(app, signal.SIGKILL)
         assert snapshot(repo) == before
         for pid in running:  # dvc outlives the app until its output pipe breaks
-            wait_gone(pid)
+            wait_dead(pid, timeout=30)
         assert snapshot(repo) == before
     finally:
         term.close()

@@ -80,8 +80,11 @@ def test_repro_produces_dataset_adapter_and_report(repo):
     report = json.loads((root / "reports/eval.json").read_text())
     assert report["adapter"]["perplexity"] < report["base"]["perplexity"]
     gens = [json.loads(l) for l in (root / "reports/generations.jsonl").read_text().splitlines()]
-    assert [g["prompt"] for g in gens] == ["Give me a cynical take on printers."]
-    assert set(gens[0]) == {"prompt", "base", "adapter"}
+    # The configured prompt, then eval.sample_val held-out prompts from the val split with their references.
+    assert gens[0]["prompt"] == "Give me a cynical take on printers." and set(gens[0]) == {"prompt", "base", "adapter"}
+    val_prompts = {r["messages"][-2]["content"] for r in val}
+    assert len(gens) == 1 + min(len(val), yaml.safe_load((root / "params.yaml").read_text())["eval"]["sample_val"])
+    assert all(g["prompt"] in val_prompts and "reference" in g for g in gens[1:])
     lock = (root / "dvc.lock").read_text()
     assert "models/adapter" in lock and "OPENAI" not in lock
     assert (root / "models/merged/model.safetensors").exists() and (root / "models/merged/Modelfile").exists()

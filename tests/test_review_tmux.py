@@ -65,7 +65,7 @@ class Terminal:
         self.tmux("kill-server", check=False)
 
 
-def _wait_dead(pid: int, timeout: float = 10.0) -> None:
+def wait_dead(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -101,7 +101,7 @@ def test_review_kill_and_resume_in_a_real_terminal(tmp_path):
         # kill -9: no chance to save anything; every decision must already be on disk
         pid = term.app_pid()
         os.kill(pid, signal.SIGKILL)
-        _wait_dead(pid)
+        wait_dead(pid)
         states = load_states(log)
         assert states[recs[0]["id"]].status == "accepted"
         assert states[recs[1]["id"]].status == "rejected"
