@@ -266,3 +266,17 @@ def test_watching_a_real_tiny_training_run(in_tmp):
     assert prog.value(rs.TOKENS_PER_S) > 0
     assert len(seen - {None}) >= 1
     assert "finished · step 10/10" in summary_line(prog)
+
+
+def test_a_resumed_run_says_from_which_step(tmp_path, capsys):
+    """run.json's resumed_from_step reaches train-watch and the Training screen's figures."""
+    from tui.screens.train_monitor import render_stats
+
+    d = tmp_path / "dvclive"
+    status = RunStatus(d / rs.RUN_JSON, total_steps=90, device="cpu", quantization="none", base_model="tiny", eta_s=None)
+    status.update(step=45, resumed_from_step=40, last_checkpoint="models/checkpoints/run-x/checkpoint-40")
+    assert cli.main(["--params", "none.yaml", "train-watch", "--once", "--dir", str(d)]) == 0
+    assert "resumed from step 40" in capsys.readouterr().out
+    p = ProgressReader(d).poll()
+    assert p.resumed_from_step == 40
+    assert "step 40" in render_stats(p).plain.split("resumed from")[1]
