@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,3 +182,31 @@ def test_distribution_and_histogram():
     assert d == {"count": 10, "mean": 14.5, "min": 1, "max": 100, "p50": 1, "p90": 10, "p99": 100}
     h = dict(histogram({1: 5, 10: 4, 5000: 1}))
     assert h["0-7"] == 5 and h["8-15"] == 4 and h["4096+"] == 1
+
+
+@pytest.fixture(scope="module")
+def big_repo(tmp_path_factory) -> Path:
+    """v1 → v2 adds 3000 records: `--json --examples 3000` prints far more than a pipe buffer (64 KiB)."""
+    from test_diff_repo import rec, write_version
+
+    repo = init_repo(tmp_path_factory.mktemp("bigdiff") / "r", pipeline=False)
+    write_version(repo, [rec(0)], [], 0.001, "v1")
+    write_version(repo, [rec(i) for i in range(3000)], [], 0.001, "v2")
+    return repo
+
+
+@pytest.mark.parametrize("args, reader", [
+    # head reads a line and exits while diff is still writing
+    ("--json --examples 3000", "head -1"),
+    # the reader is gone before diff writes anything (this one failed every time before the fix)
+    ("", "true"),
+])
+def test_piping_into_a_reader_that_stops_is_quiet(big_repo, args, reader):
+    from test_diff_repo import env
+
+    shell = f"set -o pipefail; tenny diff HEAD~1 HEAD --no-params {args} | {reader}; echo \"status=${{PIPESTATUS[0]}}\""
+    done = subprocess.run(["bash", "-c", shell], cwd=big_repo, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.stderr == ""
+    assert done.stdout.rstrip().endswith("status=0")
+    if reader.startswith("head"):
+        assert done.stdout.startswith("{")

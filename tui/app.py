@@ -43,7 +43,8 @@ class TennyCommands(Provider):
         app = self.app
         for mode, key, help_text in SCREENS_HELP:
             yield f"Open {mode}", partial(app.switch_mode, mode), f"{help_text} (key {key})"
-        yield "Open review", app.action_review, "Review samples: accept, reject, edit (key v)"
+        yield "Open review", app.action_review, "Review samples: accept, reject, edit (key 6 or v)"
+        yield "Keys", app.action_help, "Every key of this screen and the global ones (key ?)"
         yield "Run dvc repro (all stages)", partial(app.pipeline_action, "repro_all"), "on the pipeline screen"
         yield "Run dvc exp run with the overrides typed", partial(app.pipeline_action, "exp_run"), "on the pipeline screen"
         yield "Cancel the current run", partial(app.pipeline_action, "cancel_run"), "terminates its process group"
@@ -75,7 +76,8 @@ class TennyApp(App):
         Binding("3,f3", "switch_mode('diff')", "Diff"),
         Binding("4,f4", "switch_mode('experiments')", "Experiments"),
         Binding("5,f5", "switch_mode('eval')", "Eval"),
-        Binding("v", "review", "Review"),
+        Binding("6,v", "review", "Review", key_display="6"),
+        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("escape", "leave_field", "Leave field", show=False),
         Binding("q", "quit", "Quit"),
     ]
@@ -111,6 +113,17 @@ class TennyApp(App):
 
     def action_leave_field(self) -> None:
         self.screen.set_focus(None)
+
+    def action_help(self) -> None:
+        from tui.screens.keys_help import KeysHelp
+
+        if isinstance(self.screen, KeysHelp):
+            return
+        screen_keys = [b for b in getattr(self.screen, "BINDINGS", []) if isinstance(b, Binding)]
+        global_keys = [b for b in self.BINDINGS if b.action != "leave_field"]
+        global_keys.append(Binding(self.COMMAND_PALETTE_BINDING, "command_palette", "Command palette: every screen and run"))
+        name = self.current_mode if len(self.screen_stack) == 1 else type(self.screen).__name__
+        self.push_screen(KeysHelp(str(name), screen_keys, global_keys))
 
     def running_run(self):
         """The dvc run the pipeline screen has going, if any."""

@@ -31,6 +31,7 @@ where ids are stable across versions and where review edits show up as
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -505,7 +506,16 @@ def run(params, args) -> int:
                           examples=args.examples, with_params=not args.no_params)
     if args.json:
         # The exact text, as JSON escapes where a raw character could act on a terminal.
-        sys.stdout.write(json_safe(json.dumps(result.to_json(), ensure_ascii=False, indent=2, default=str)) + "\n")
+        out = json_safe(json.dumps(result.to_json(), ensure_ascii=False, indent=2, default=str)) + "\n"
     else:
-        print(format_summary(result))
+        out = format_summary(result) + "\n"
+    try:
+        sys.stdout.write(out)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader stopped (`tenny diff ... | head`): it has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not print a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0

@@ -11,6 +11,8 @@ through ``pipeline.core.text`` (Text cells, notifications with markup off).
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 from rich.text import Text
@@ -40,6 +42,34 @@ def _metrics_text(metrics: dict, limit: int = 4) -> str:
             break
     more = len(metrics) - len(items)
     return ", ".join(items) + (f" (+{more})" if more > 0 else "")
+
+
+_DICT_IN_PARENS = re.compile(r"\((\{[^()]*\})\)")
+REASON_CELL = 38  # the table cell's share; the detail pane below shows the whole reason
+
+
+def _file_words(match: re.Match) -> str:
+    # `dvc status` reports a params file as {param: change}: name each param, not a dict.
+    try:
+        changes = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
+        return match.group(0)
+    if not isinstance(changes, dict):
+        return match.group(0)
+    return "(" + ", ".join(f"{k} {v}" for k, v in changes.items()) + ")"
+
+
+def stage_reason(s: dvc_ops.StageState) -> str:
+    """The stage's state with DVC's reason, in words: "changed: deps train.py modified"."""
+    if s.state != "changed":
+        return s.state if not s.detail or s.state != "unknown" else f"unknown: {s.detail}"
+    parts = []
+    for part in filter(None, (p.strip() for p in s.detail.split(";"))):
+        part = _DICT_IN_PARENS.sub(_file_words, part)
+        part = re.sub(r"^changed (\w+):", r"\1", part)
+        part = re.sub(r" \(([^()]*)\)", r" \1", part)
+        parts.append(part.removeprefix("changed "))
+    return "changed: " + "; ".join(parts) if parts else "changed"
 
 
 class PipelineScreen(Screen):
@@ -72,6 +102,7 @@ class PipelineScreen(Screen):
         with Vertical(id="pipeline-body"):
             yield Static(id="pipeline-message")
             yield DataTable(id="stages", cursor_type="row", zebra_stripes=True)
+            yield Static(id="stage-detail")
             with Horizontal(id="run-controls"):
                 yield Input(placeholder="overrides for exp run (o), e.g. train.lr=1e-3 train.lora.r=16", id="overrides")
                 yield Button("Repro all", id="btn-repro", variant="primary")
@@ -90,7 +121,7 @@ class PipelineScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = clean(f"pipeline — {self.root}")
         table = self.query_one("#stages", DataTable)
-        table.add_columns("stage", "state", "last metrics", "what changed")
+        table.add_columns("stage", "state", "last metrics")
         self.query_one("#run-log", RunLog).border_title = "log"
         self._show_remote()
 
@@ -130,15 +161,33 @@ class PipelineScreen(Screen):
         table.clear()
         for s in states:
             table.add_row(
-                as_line(s.name, style="bold"), as_line(s.state, style=STATE_STYLE.get(s.state, "")),
-                as_line(_metrics_text(s.metrics)), as_line(s.detail), key=s.name,
+                as_line(s.name, style="bold"), as_line(stage_reason(s), REASON_CELL, style=STATE_STYLE.get(s.state, "")),
+                as_line(_metrics_text(s.metrics)), key=s.name,
             )
         if states:
             table.move_cursor(row=min(keep, len(states) - 1))
+        self._show_detail()
         counts = {}
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1
         self._message(" · ".join(f"{n} {state}" for state, n in counts.items()) or "no stages in dvc.yaml", "")
+
+    @on(DataTable.RowHighlighted, "#stages")
+    def _show_detail(self) -> None:
+        """The selected stage in full: its reason, command and every last metric (wrapped)."""
+        name = self.selected_stage()
+        stage = next((s for s in self.stages if s.name == name), None)
+        detail = Text()
+        if stage is not None:
+            detail.append(as_line(stage.name, style="bold"))
+            detail.append("  ")
+            detail.append(as_line(stage_reason(stage), style=STATE_STYLE.get(stage.state, "")))
+            detail.append("\n")
+            detail.append(as_line(f"cmd {stage.cmd}", style="dim"))
+            if stage.metrics:
+                detail.append("\n")
+                detail.append(as_line("metrics " + _metrics_text(stage.metrics, limit=len(stage.metrics))))
+        self.query_one("#stage-detail", Static).update(detail)
 
     def _message(self, text: str, style: str) -> None:
         self.query_one("#pipeline-message", Static).update(as_text(text, multiline=True, style=style))

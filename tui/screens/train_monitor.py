@@ -86,6 +86,37 @@ def render_stats(p: Progress) -> Text:
     return t
 
 
+def has_run(p: Progress) -> bool:
+    """Whether the folder holds a run (not nothing, not an empty folder)."""
+    return p.exists and (p.status != "waiting" or p.step is not None or bool(p.series))
+
+
+def run_identity(directory: Path, p: Progress) -> tuple:
+    """(start time, device, inode): a new run in the folder changes one of them.
+
+    Both, because a deleted folder's inode is often reused at once, and a run's
+    first files can land before its run.json (no start time yet)."""
+    try:
+        st = directory.stat()
+        return (p.started_at, st.st_dev, st.st_ino)
+    except OSError:
+        return (p.started_at, None, None)
+
+
+def is_other_run(old: tuple | None, new: tuple) -> bool:
+    if old is None:
+        return False
+    if old[0] is not None and new[0] is not None and old[0] != new[0]:
+        return True
+    return old[1:] != new[1:]
+
+
+def describe_run(p: Progress) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.started_at)) if p.started_at else "start unknown"
+    step = "—" if p.step is None else f"{p.step:,}"
+    return f"{p.status}, started {started}, step {step}"
+
+
 class TrainMonitorScreen(Screen):
     """Live view of ``dvclive/`` (or any folder given)."""
 
@@ -105,6 +136,13 @@ class TrainMonitorScreen(Screen):
         self.reader = ProgressReader(self.directory)
         self.nvml = nvml or Nvml()
         self.progress: Progress | None = None
+        # The run last shown and what identifies it, so a deleted or replaced folder is noticed
+        # (the reader alone just starts over and would silently show "waiting" or another run).
+        self._shown: Progress | None = None
+        self._shown_id: tuple | None = None
+        self._shown_series: dict = {}
+        self.gone: str | None = None  # why the run on screen is no longer in the workspace
+        self.replaced: str | None = None  # the run a new one replaced, while the new one is shown
         self._busy = False
         self._timer = None
 
@@ -136,15 +174,43 @@ class TrainMonitorScreen(Screen):
     def _read(self) -> None:
         try:
             progress = self.reader.poll()
+            identity = run_identity(self.directory, progress)
             gpus, message = self.nvml.read()
             series = {k: list(v) for k, v in progress.series.items()}
         finally:
             self._busy = False
-        self.app.call_from_thread(self._show, progress, series, gpus, message)
+        self.app.call_from_thread(self._show, progress, series, gpus, message, identity)
 
-    def _show(self, p: Progress, series, gpus, message) -> None:
+    def _track(self, p: Progress, identity: tuple) -> Progress:
+        """What to draw: the new reading, or the last run's values when its folder is gone."""
+        shown = self._shown
+        if not has_run(p):
+            if shown is not None:
+                how = "was deleted" if not p.exists else "was emptied"
+                self.gone = (f"the run shown ({describe_run(shown)}) is no longer in the workspace: "
+                             f"{self.directory.name}/ {how}. Last values read are kept; a new run shows "
+                             "here when it starts writing.")
+                return shown
+            return p
+        if shown is not None and is_other_run(self._shown_id, identity):
+            self.replaced = (f"the run shown before ({describe_run(shown)}) is no longer in the workspace: "
+                             f"a new run replaced {self.directory.name}/")
+        self.gone = None
+        self._shown, self._shown_id = p, identity
+        return p
+
+    def _show(self, p: Progress, series, gpus, message, identity: tuple = (None, None, None)) -> None:
+        p = self._track(p, identity)
+        if self.gone:
+            series = self._shown_series
+        else:
+            self._shown_series = series
         self.progress = p
-        self.query_one("#train-header", Static).update(render_header(p))
+        header = Text()
+        for note in (self.gone, self.replaced):
+            if note:
+                header.append(clean(note) + "\n", style="bold red" if note is self.gone else "yellow")
+        self.query_one("#train-header", Static).update(header + render_header(p))
         self.query_one("#train-stats", Static).update(render_stats(p))
         bar = self.query_one("#train-progress", ProgressBar)
         if p.total_steps:

@@ -12,6 +12,12 @@ class ReviewFooter(Footer):
 
     CELL = 10  # "a Accept" plus a gap
 
+    # Here, not only in review.tcss: the footer must wrap the same way whichever app shows it
+    # (standalone `tenny review` lost the stylesheet's grid to Footer's own horizontal layout).
+    DEFAULT_CSS = """
+    ReviewFooter FooterKey { width: 100%; margin: 0; }
+    """
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._items = 0
@@ -29,5 +35,8 @@ class ReviewFooter(Footer):
         if not self._items:
             return
         columns = max(1, min(self._items, width // self.CELL))
+        self.styles.layout = "grid"
+        self.styles.grid_gutter_horizontal = 0
+        self.styles.grid_gutter_vertical = 0
         self.styles.grid_size_columns = columns
         self.styles.height = -(-self._items // columns)
