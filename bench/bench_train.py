@@ -76,6 +76,7 @@ def project_data(args):
     from pipeline.core.params import load_params
     from pipeline.core.records import read_records
     from pipeline.engines.modeling import encode_example, load_tokenizer, read_base_info
+    from pipeline.engines.packing import pack
 
     root = args.project
     params = load_params(root / "params.yaml")
@@ -89,7 +90,7 @@ def project_data(args):
     args.row_len = args.max_len = params.train.max_seq_len
     args.preset = f"{info.get('source_name', info['source'])} from {root}"
     if args.epoch:
-        packed_rows = len(__import__("pipeline.engines.packing", fromlist=["pack"]).pack(examples, args.row_len))
+        packed_rows = len(pack(examples, args.row_len))
         args.steps_padded = math.ceil(len(examples) / args.batch) - args.warmup
         args.steps_packed = math.ceil(packed_rows / args.packed_batch) - args.warmup
     return folder, examples, AutoConfig.from_pretrained(folder)

@@ -151,16 +151,27 @@ def stage_definitions(root: str | os.PathLike) -> dict[str, dict]:
 
 
 def _describe_changes(entries: list) -> str:
+    """`dvc status` entries for one stage, in words: "deps count.py modified, params.yaml train.lr modified".
+
+    DVC reports a params file as {param: change}; each param is named, never shown as a dict.
+    """
     parts = []
     for entry in entries:
         if isinstance(entry, str):
-            parts.append(entry)
+            parts.append(entry.removeprefix("changed "))
         elif isinstance(entry, dict):
             for kind, files in entry.items():
-                if isinstance(files, dict):
-                    parts.append(f"{kind}: " + ", ".join(f"{p} ({s})" for p, s in files.items()))
-                else:
-                    parts.append(str(kind))
+                kind = str(kind).removeprefix("changed ")
+                if not isinstance(files, dict):
+                    parts.append(kind)
+                    continue
+                words = []
+                for path, change in files.items():
+                    if isinstance(change, dict):
+                        words += [f"{path} {key} {how}" for key, how in change.items()]
+                    else:
+                        words.append(f"{path} {change}")
+                parts.append(f"{kind} " + ", ".join(words))
     return "; ".join(parts)
 
 

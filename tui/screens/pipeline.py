@@ -11,8 +11,6 @@ through ``pipeline.core.text`` (Text cells, notifications with markup off).
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
 
 from rich.text import Text
@@ -44,32 +42,14 @@ def _metrics_text(metrics: dict, limit: int = 4) -> str:
     return ", ".join(items) + (f" (+{more})" if more > 0 else "")
 
 
-_DICT_IN_PARENS = re.compile(r"\((\{[^()]*\})\)")
 REASON_CELL = 38  # the table cell's share; the detail pane below shows the whole reason
-
-
-def _file_words(match: re.Match) -> str:
-    # `dvc status` reports a params file as {param: change}: name each param, not a dict.
-    try:
-        changes = ast.literal_eval(match.group(1))
-    except (ValueError, SyntaxError, RecursionError, MemoryError):
-        return match.group(0)
-    if not isinstance(changes, dict):
-        return match.group(0)
-    return "(" + ", ".join(f"{k} {v}" for k, v in changes.items()) + ")"
 
 
 def stage_reason(s: dvc_ops.StageState) -> str:
     """The stage's state with DVC's reason, in words: "changed: deps train.py modified"."""
-    if s.state != "changed":
-        return s.state if not s.detail or s.state != "unknown" else f"unknown: {s.detail}"
-    parts = []
-    for part in filter(None, (p.strip() for p in s.detail.split(";"))):
-        part = _DICT_IN_PARENS.sub(_file_words, part)
-        part = re.sub(r"^changed (\w+):", r"\1", part)
-        part = re.sub(r" \(([^()]*)\)", r" \1", part)
-        parts.append(part.removeprefix("changed "))
-    return "changed: " + "; ".join(parts) if parts else "changed"
+    if s.state == "changed":
+        return f"changed: {s.detail}" if s.detail else "changed"
+    return f"unknown: {s.detail}" if s.state == "unknown" and s.detail else s.state
 
 
 class PipelineScreen(Screen):
