@@ -57,11 +57,10 @@ def drop_points_after(directory: Path, step: int) -> None:
 
     for tsv in (directory / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text(encoding="utf-8").splitlines()
-        if not lines:
+        header = lines[0].split("\t") if lines else []
+        if "step" not in header:
             continue
-        col = lines[0].split("\t").index("step") if "step" in lines[0].split("\t") else None
-        if col is None:
-            continue
+        col = header.index("step")
         kept = [lines[0]] + [ln for ln in lines[1:] if ln.split("\t")[col].isdigit() and int(ln.split("\t")[col]) <= step]
         with atomic_writer(tsv) as fh:
             fh.write("\n".join(kept) + "\n")
@@ -79,8 +78,11 @@ class LiveMetrics(TrainerCallback):
         self.resumed_from = resumed_from
         self.live = None
         self.bar = None
-        self.last_val = float("nan")
-        self.last_train = float("nan")
+        self.last_val = self.last_train = float("nan")
+        # Set when the run begins (main process): the clock and token count tokens/s and the ETA start from.
+        self.started = self.t_step = 0.0
+        self.start_step = self.tokens_seen = 0
+        self.tokens_per_s = self.step_time = 0.0
 
     def on_train_begin(self, args, state, control, **kw):
         if not state.is_world_process_zero:
@@ -91,9 +93,8 @@ class LiveMetrics(TrainerCallback):
             drop_points_after(self.dir, self.resumed_from)
         self.live = open_live(self.dir, resume=bool(self.resumed_from))
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
-        self.started = time.time()
+        self.started = self.t_step = time.time()
         self.start_step = state.global_step
-        self.t_step = time.time()
         self.tokens_seen = self.collator.real_tokens
         self.status.update(total_steps=state.max_steps, step=state.global_step, resumed_from_step=self.resumed_from)
 

@@ -15,6 +15,7 @@ token as a stop, it talks past its answer. docs/export.md has the details.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def derived_format(tok, system: str | None) -> ChatFormat | None:
     if system_gen != gen:
         return None
     # The system block sits between what both heads share (a BOS, say) and the bare head's rest.
-    shared = len(_common_prefix(head, system_head))
+    shared = len(os.path.commonprefix([head, system_head]))
     rest = head[shared:]
     if not system_head.endswith(rest):
         return None
@@ -145,13 +146,6 @@ def derived_format(tok, system: str | None) -> ChatFormat | None:
     return ChatFormat("derived", template, ends, ends, system if block else None,
                       note="the chat template is not one tenny knows (fallback, ChatML): TEMPLATE reproduces its "
                            "single-turn prompt, derived by rendering it; check chats of several turns against the model card")
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
 
 
 def _quoted(value: str, what: str) -> str:
