@@ -25,8 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.stages.export", "merge the adapter into the base: models/merged/ + Ollama Modelfile"),
     "review": ("pipeline.commands.review", "review samples in the terminal"),
     "diff": ("pipeline.commands.diff", "record-level diff of a records file between two revisions"),
+    "judge": ("pipeline.commands.judge", "a judge model compares the adapter answers of two revisions"),
     "train-watch": ("pipeline.commands.train_watch", "follow a training run live"),
     "params": ("pipeline.commands.params", "print params with defaults filled in"),
+    "chat": ("pipeline.commands.chat", "talk to the base model and the adapter side by side"),
 }
 
 

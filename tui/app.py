@@ -5,8 +5,9 @@ Screens (modes, each keeps its own state while you switch):
     1 pipeline     stages and their DVC state; repro, exp run, push/pull
     2 training     the live training monitor (dvclive/)
     3 diff         record-level dataset diff between two revisions
-    4 experiments  dvc exp show, sortable; mark two and diff them
-    5 eval         base vs adapter generations with the eval metrics
+    4 experiments  dvc exp show, sortable; mark two and diff or judge them
+    5 eval         metrics base vs adapter, answers side by side, the judge's verdicts
+    7 chat         talk to the base and the adapter side by side
     v review       the review queue (pushed on top; another module)
 
 Every screen is also in the command palette (ctrl+p). The app holds no truth:
@@ -19,6 +20,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
@@ -31,8 +33,9 @@ SCREENS_HELP = (
     ("pipeline", "1", "Pipeline: stages, runs, push/pull"),
     ("training", "2", "Training monitor"),
     ("diff", "3", "Dataset diff between revisions"),
-    ("experiments", "4", "Experiments table"),
-    ("eval", "5", "Eval: base vs adapter"),
+    ("experiments", "4", "Experiments table: mark two, diff or judge them"),
+    ("eval", "5", "Eval: metrics base vs adapter, answers, the judge's verdicts"),
+    ("chat", "7", "Chat with the base and the adapter side by side"),
 )
 
 
@@ -77,6 +80,7 @@ class TennyApp(App):
         Binding("4,f4", "switch_mode('experiments')", "Experiments"),
         Binding("5,f5", "switch_mode('eval')", "Eval"),
         Binding("6,v", "review", "Review", key_display="6"),
+        Binding("7,f7", "switch_mode('chat')", "Chat"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("escape", "leave_field", "Leave field", show=False),
         Binding("q", "quit", "Quit"),
@@ -107,9 +111,33 @@ class TennyApp(App):
         self.add_mode("diff", lambda: DatasetDiffScreen(root=root))
         self.add_mode("experiments", lambda: ExperimentsScreen(root))
         self.add_mode("eval", lambda: EvalScreen(root))
+        self.add_mode("chat", lambda: _chat_screen(root, params))
 
     def on_mount(self) -> None:
         self.switch_mode(self.start_mode)
+        self.workspace_findings: list | None = None  # set once the startup check has run
+        self._check_workspace()
+
+    @work(thread=True, exclusive=True, group="workspace-check", exit_on_error=False)
+    def _check_workspace(self) -> None:
+        """Damage an earlier crash left (a kill -9 mid-experiment): the safe part repaired,
+        the rest named with its command (pipeline/engines/dvc_ops.py repair_safe)."""
+        from pipeline.engines import dvc_ops
+
+        try:
+            findings = dvc_ops.repair_safe(self.root)
+        except Exception as err:  # git missing or an unreadable repo: the app still opens
+            self.call_from_thread(self.notify, clean(f"could not check the workspace for crash damage: {err}"),
+                                  severity="warning", markup=False)
+            return
+        self.call_from_thread(self._report_workspace, findings)
+
+    def _report_workspace(self, findings: list) -> None:
+        self.workspace_findings = findings
+        if findings:
+            text = "\n".join(f"• {f.line()}" for f in findings)
+            self.notify(clean(text, multiline=True), title="an earlier run crashed here", severity="warning",
+                        timeout=60, markup=False)
 
     def action_leave_field(self) -> None:
         self.screen.set_focus(None)
@@ -151,6 +179,8 @@ class TennyApp(App):
         except ImportError as err:
             self.notify(clean(f"the review screen is not available: {err}"), severity="error", markup=False)
             return
+        if isinstance(self.screen, ReviewScreen):
+            return  # already in front: a second copy would hold a second view of the same log
         try:
             screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS)
         except UserError as err:
@@ -166,6 +196,13 @@ class TennyApp(App):
             getattr(self.screen, f"action_{name}")()
 
         self.call_later(go)
+
+
+def _chat_screen(root: Path, params):
+    # Imported when the mode first opens: the chat screen's models load only then, in a worker.
+    from tui.screens.chat import ChatScreen
+
+    return ChatScreen(root, params)
 
 
 class TrainWatchApp(App):

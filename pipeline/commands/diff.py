@@ -26,6 +26,13 @@ hash) per id, side B is compared line by line; whole records are never held.
 The default PATH is the review input, ``data/deduped/samples.jsonl``: that is
 where ids are stable across versions and where review edits show up as
 "edited". Pass ``data/final/train.jsonl`` to diff what was trained on.
+
+``--show ID`` prints one record old → new, word by word (``[-deleted-]``
+``{+inserted+}``; the assistant turn or completion first, unchanged turns as
+one line), and the meta keys that changed. When PATH has the same DVC hash at
+both revisions but a metrics file of the stage that writes it changed while
+dvc.lock says it did not, the stage ran outside ``dvc repro`` and the record
+diff compares stale data: a warning on stderr says so (``warnings`` in --json).
 """
 
 from __future__ import annotations
@@ -105,6 +112,7 @@ class DiffResult:
     params: dict[str, dict[str, dict]] = field(default_factory=dict)
     metrics: dict[str, dict[str, dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what could not be compared, and why
+    warnings: list[str] = field(default_factory=list)  # the comparison may mislead (stale_lock_warnings)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -300,8 +308,7 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
     started = time.perf_counter()
     root = Path(root)
     dvc_ops.find_root(root)
-    for rev in (rev_a, rev_b):
-        dvc_ops.check_rev(root, rev)
+    shas = tuple(dvc_ops.check_rev(root, rev) for rev in (rev_a, rev_b))
     if apply_edits is None:
         apply_edits = Path(path) == paths.DEDUPED
 
@@ -396,6 +403,11 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
             if states is None:
                 result.notes.append(f"no review log ({decisions_path}) at {rev}: every record counts as pending there")
 
+    try:
+        result.warnings = stale_lock_warnings(root, path, rev_a, rev_b, shas=shas)
+    except UserError as err:  # a broken dvc.lock at one side: the diff above still stands
+        result.notes.append(f"could not check dvc.lock for {path}: {err}")
+
     if with_params:
         for kind in ("params", "metrics"):
             try:
@@ -406,6 +418,144 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
                 result.notes.append(f"{kind} diff unavailable: {type(err).__name__}: {err}")
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+# ---------------------------------------------------------------- outputs rebuilt outside dvc repro
+
+
+def _text_at(root: Path, rev: str, path: str) -> str | None:
+    """A small file (dvc.yaml, dvc.lock, a metrics file) at ``rev``: git first, then DVC; None if absent."""
+    from pipeline.engines import dvc_ops
+
+    if rev == dvc_ops.WORKSPACE:
+        try:
+            return (root / path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    text = dvc_ops._git_show(root, rev, path)
+    if text is not None:
+        return text
+    try:
+        with dvc_ops.open_at(root, path, rev) as fh:
+            return fh.read().decode("utf-8", errors="replace")
+    except UserError:
+        return None
+
+
+def _parse(text: str | None) -> Any:
+    import yaml
+
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)  # YAML reads JSON too
+    except yaml.YAMLError:
+        return text  # compared as text: still says whether it changed
+
+
+def _lock_outs(lock: Any) -> dict[str, tuple[str, str | None]]:
+    """dvc.lock → {out path: (stage, hash)} (DVC 3 writes md5; older locks too)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    for stage, entry in (stages or {}).items():
+        for o in (entry or {}).get("outs") or []:
+            if isinstance(o, dict) and "path" in o:
+                out[str(o["path"])] = (str(stage), o.get("md5") or o.get("hash") or o.get("etag"))
+    return out
+
+
+def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
+                        shas: tuple[str, str] | None = None) -> list[str]:
+    """Warnings for ``path`` having the same DVC hash at both revisions while a metrics file of
+    the stage that writes it changed, though dvc.lock records that metrics file as unchanged
+    too: the stage ran outside ``dvc repro`` (``tenny build`` in a shell, a script) and
+    dvc.lock, which says which data each revision holds, was not updated. The record diff
+    then compares the old data on both sides and reports no change where there was one.
+    """
+    from pipeline.engines import dvc_ops
+
+    root = Path(root)
+    shas = shas or tuple(dvc_ops.check_rev(root, r) for r in (rev_a, rev_b))  # experiment names → commits
+    locks = [_lock_outs(_parse(_text_at(root, sha, "dvc.lock"))) for sha in shas]
+    (stage_a, hash_a), (stage_b, hash_b) = locks[0].get(path, (None, None)), locks[1].get(path, (None, None))
+    if not hash_a or hash_a != hash_b or stage_a != stage_b:
+        return []
+    warnings = []
+    for sha in shas:
+        defs = _parse(_text_at(root, sha, "dvc.yaml"))
+        spec = ((defs or {}).get("stages") or {}).get(stage_a) if isinstance(defs, dict) else None
+        if not isinstance(spec, dict):
+            continue
+        for mfile in dvc_ops._metric_files(spec):
+            if mfile in (w[0] for w in warnings):
+                continue
+            if locks[0].get(mfile) != locks[1].get(mfile):
+                continue  # dvc.lock knows this one changed: a real run, and then path's hash is right
+            va, vb = (_parse(_text_at(root, s, mfile)) for s in shas)
+            if va is not None and vb is not None and va != vb:
+                warnings.append((mfile, (f"{path} has the same DVC hash at {rev_a} and {rev_b}, but {mfile} changed: "
+                                         "an output was rebuilt outside `dvc repro` (dvc.lock not updated); "
+                                         "run `dvc repro` and commit dvc.lock")))
+    return [w for _, w in warnings]
+
+
+# ---------------------------------------------------------------- one record, old → new
+
+
+def _with_edit(obj: dict, text: str) -> dict:
+    """The record as a review edit leaves it: the edit replaces the editable part (records.editable_text)."""
+    from pipeline.core.records import body_kind, editable_turn
+
+    out = dict(obj)
+    kind = body_kind(obj)
+    if kind == "text":
+        out["text"] = text
+    elif kind == "pair":
+        out["completion"] = text
+    else:
+        messages = [dict(m) for m in obj["messages"]]
+        messages[editable_turn(messages)]["content"] = text
+        out["messages"] = messages
+    return out
+
+
+def records_at(root: str | Path, path: str, rev: str, ids: set[str], *, decisions_path: str = str(paths.DECISIONS),
+               apply_edits: bool | None = None) -> dict[str, dict]:
+    """The whole records with these ids at ``rev`` (review edits in force applied, as the diff counts
+    them); streams the file and stops once it has them all."""
+    root = Path(root)
+    if apply_edits is None:
+        apply_edits = Path(path) == paths.DEDUPED
+    edits: dict[str, str] = {}
+    if apply_edits:
+        states = _decision_states(root, decisions_path, rev) or {}
+        edits = {rid: s.text for rid, s in states.items() if s.edited and rid in ids}
+    found: dict[str, dict] = {}
+    for _, obj, *_ in _Reader(root, path, rev, {}):
+        rid = obj["id"]
+        if rid in ids and rid not in found:
+            found[rid] = _with_edit(obj, edits[rid]) if rid in edits else obj
+            if len(found) == len(ids):
+                break
+    return found
+
+
+def record_change(root: str | Path, rev_a: str, rev_b: str, rid: str, path: str = DEFAULT_PATH, *,
+                  decisions_path: str = str(paths.DECISIONS)):
+    """One record old → new (``pipeline.engines.word_diff.RecordChange``); a UserError when
+    the id is at neither revision."""
+    from pipeline.engines import dvc_ops
+    from pipeline.engines.word_diff import record_changes
+
+    root = Path(root)
+    for rev in (rev_a, rev_b):
+        dvc_ops.check_rev(root, rev)
+    old = records_at(root, path, rev_a, {rid}, decisions_path=decisions_path).get(rid)
+    new = records_at(root, path, rev_b, {rid}, decisions_path=decisions_path).get(rid)
+    if old is None and new is None:
+        raise UserError(f"{path}: no record with id {clean(rid)!r} at {clean(rev_a)} or at {clean(rev_b)} "
+                        "(`tenny diff REV_A REV_B` lists changed ids)")
+    return record_changes(old, new)
 
 
 # ---------------------------------------------------------------- printing
@@ -497,18 +647,50 @@ def add_arguments(parser) -> None:
                         help=f"review log to compare (default {paths.DECISIONS})")
     parser.add_argument("--no-params", action="store_true", help="skip the params and metrics diffs")
     parser.add_argument("--repo", default=".", help="the DVC repository (default: the current folder)")
+    parser.add_argument("--show", metavar="ID", help="print one record old → new, word by word "
+                        "([-deleted-] {+inserted+}), and the meta keys that changed")
 
 
 def run(params, args) -> int:
     if args.examples < 0:
         raise UserError("--examples must be 0 or more")
+    if getattr(args, "show", None):
+        return _show(args)
     result = diff_records(Path(args.repo), args.rev_a, args.rev_b, args.path, decisions_path=args.decisions,
                           examples=args.examples, with_params=not args.no_params)
+    for warning in result.warnings:
+        # stderr: `tenny diff ... --json | jq` still gets one JSON document (it carries them too).
+        print(clean(f"warning: {warning}"), file=sys.stderr)
     if args.json:
         # The exact text, as JSON escapes where a raw character could act on a terminal.
         out = json_safe(json.dumps(result.to_json(), ensure_ascii=False, indent=2, default=str)) + "\n"
     else:
         out = format_summary(result) + "\n"
+    return _write(out)
+
+
+def _show(args) -> int:
+    from pipeline.engines.word_diff import plain_lines
+
+    change = record_change(Path(args.repo), args.rev_a, args.rev_b, args.show, args.path,
+                           decisions_path=args.decisions)
+    if args.json:
+        data = {"id": change.id, "status": change.status,
+                "parts": [{"label": p.label, "old": p.old, "new": p.new, "ops": p.ops() if p.changed else []}
+                          for p in change.parts],
+                "meta": [{"key": m.key, "old": _json_value(m.old), "new": _json_value(m.new)} for m in change.meta]}
+        return _write(json_safe(json.dumps(data, ensure_ascii=False, indent=2, default=str)) + "\n")
+    # Record text is untrusted: every line made safe as a whole, markers included.
+    return _write("\n".join(clean(line) for line in plain_lines(change)) + "\n")
+
+
+def _json_value(value: Any) -> Any:
+    from pipeline.engines.word_diff import MISSING
+
+    return None if value is MISSING else value
+
+
+def _write(out: str) -> int:
     try:
         sys.stdout.write(out)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below

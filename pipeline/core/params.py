@@ -97,6 +97,12 @@ class SynthesizeParams(Strict):
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between batch status checks")
     batch_price_factor: float = Field(0.5, gt=0, le=1, description="batch price as a share of the table price")
     cache: bool = Field(True, description="reuse answers kept in .tenny/ for identical requests (never pay twice)")
+    stop_when_novelty_below: float | None = Field(
+        None, ge=0, le=1,
+        description="provider openai: stop sending once the share of new samples (by dedupe.threshold) over the "
+                    "last novelty_window samples falls below this (e.g. 0.2); None: never stop",
+    )
+    novelty_window: int = Field(500, ge=100, description="how many of the latest samples the novelty share is measured over")
 
 
 # ---------------------------------------------------------------- dedupe
@@ -197,6 +203,37 @@ class TrainParams(Strict):
 # ---------------------------------------------------------------- eval
 
 
+class JudgeParams(Strict):
+    """A judge model behind any OpenAI-compatible endpoint: base vs adapter, pairwise (docs/judge.md).
+
+    No ``model``, no judge: the offline default. Requests go through the
+    synthesize client (cache in .tenny/, retries, concurrency, budget).
+    """
+
+    model: str | None = Field(None, description="judge model (gpt-4o-mini, or the name a local server serves); None: no judge")
+    base_url: str | None = Field(None, description="None: OpenAI; any OpenAI-compatible server by URL (vLLM, Ollama, llama.cpp)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the key (the key itself is never in params)")
+    prompt: str = Field(str(paths.JUDGE_PROMPT), description="the judge's instructions: persona, rubric, reply formats")
+    persona_score: bool = Field(True, description="also score every answer 1-10 against the rubric")
+    temperature: float = Field(0.0, ge=0, le=2, description="0: the same question gets the same verdict")
+    max_tokens: int = Field(200, ge=16, description="room for the JSON verdict and its one-sentence reason")
+    seed: int | None = 0
+    concurrency: int = Field(8, ge=1, le=1024)
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout; a timed-out request is retried")
+    max_retries: int = Field(6, ge=0, description="retries per request on 429, 5xx, timeouts, dropped connections")
+    retry_base_s: float = Field(0.5, gt=0, description="first backoff delay; doubles per retry, with jitter")
+    retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay")
+    max_cost_usd: float | None = Field(None, ge=0, description="stop asking before the judge could spend more than this")
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": Price(input_per_mtok=0.15, output_per_mtok=0.60),
+            "gpt-4o": Price(input_per_mtok=2.50, output_per_mtok=10.0),
+        },
+        description="USD per million tokens by model name (a prefix matches dated names)",
+    )
+    cache: bool = Field(True, description="reuse verdicts kept in .tenny/ for identical requests (a rerun asks nothing)")
+
+
 class EvalParams(Strict):
     prompts: list[str] = Field(default_factory=list, description="user turns answered by base and adapter")
     max_new_tokens: int = Field(40, ge=1)
@@ -206,6 +243,7 @@ class EvalParams(Strict):
     max_val_samples: int | None = Field(None, ge=1)
     sample_val: int = Field(0, ge=0, description="also answer this many val prompts (drawn by id hash, never train); "
                                                   "their reference answers give the refusal rates")
+    judge: JudgeParams = Field(default_factory=JudgeParams, description="a judge model comparing the answers; off by default")
 
 
 # ---------------------------------------------------------------- export

@@ -10,6 +10,11 @@ variety, loops, length against the training answers, stopping on time,
 copying training answers, and refusing what the val data says is unknowable.
 The prompts are ``eval.prompts`` plus ``eval.sample_val`` val prompts, which
 bring their reference answers along.
+
+With ``eval.judge.model`` set, a judge model compares the two answers to each
+prompt in both orders (pipeline/engines/judging/, docs/judge.md).
+reports/judge.json is written on every run: with the judge off it says so
+(``{"model": null, "n_pairs": 0}``), so the metrics file always exists.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.core.records import read_records, write_json, write_jsonl
 from pipeline.engines.eval_metrics import answer_metrics, median_words
+from pipeline.engines.judging.runner import OFF_REPORT, Answers, judge_answers, prepare, summary, write_reports
 from pipeline.engines.modeling import (
     chat_text,
     encode_example,
@@ -136,6 +142,7 @@ def run(params: Params, args: Any = None) -> int:
     ep, tp = params.eval, params.train
     if not (paths.ADAPTER_DIR / "adapter_config.json").exists():
         raise UserError(f"{paths.ADAPTER_DIR}: no adapter; run `tenny train` (or `dvc repro train`) first")
+    judge = prepare(ep.judge) if ep.judge.model else None  # a missing key fails now, not after generating
     device = pick_device(tp.device)
     tok = load_tokenizer(paths.BASE_DIR, paths.ADAPTER_DIR)
     all_val = list(read_records(paths.VAL))
@@ -179,4 +186,11 @@ def run(params: Params, args: Any = None) -> int:
         for p, b, a, ref in zip(prompts, base_out, adapter_out, references)))
     print(f"eval: val perplexity base {report['base']['perplexity']:.2f} → adapter "
           f"{report['adapter']['perplexity']:.2f} ({len(examples)} samples) → {paths.EVAL_REPORT}")
+
+    judged, judgments = dict(OFF_REPORT), []
+    if judge is not None:
+        judged, judgments = judge_answers(judge, [Answers(p, b, a) for p, b, a in zip(prompts, base_out, adapter_out)],
+                                          baseline="base", challenger="adapter")
+    write_reports(judged, judgments)
+    print(f"{summary(judged)} → {paths.JUDGE_REPORT}")
     return 0

@@ -51,6 +51,7 @@ class DatasetDiffScreen(Screen):
         self.auto_run = auto_run
         self.result: DiffResult | None = None
         self.error: str | None = None
+        self.row_ids: dict[str, str] = {}  # changed-records row key → record id
 
     def compose(self) -> ComposeResult:
         a, b, path = self.initial
@@ -115,6 +116,17 @@ class DatasetDiffScreen(Screen):
             return
         self.app.call_from_thread(self._show, result)
 
+    @on(DataTable.RowSelected, "#diff-examples")
+    def open_record(self, event: DataTable.RowSelected) -> None:
+        """Enter on a changed record: its old → new, word by word (tui/screens/record_diff.py)."""
+        rid = self.row_ids.get(event.row_key.value) if event.row_key is not None else None
+        if rid is None or self.result is None:
+            return
+        from tui.screens.record_diff import RecordDiffScreen
+
+        r = self.result
+        self.app.push_screen(RecordDiffScreen(self.root, r.a.rev, r.b.rev, r.path, rid))
+
     def _failed(self, message: str) -> None:
         self.error = message
         self.result = None
@@ -126,6 +138,9 @@ class DatasetDiffScreen(Screen):
                    f"~{r.edited:,} edited   {r.meta_changed:,} meta changed   {r.unchanged:,} unchanged   "
                    f"({r.seconds:.1f} s)")
         msg = as_text(summary, style="bold")
+        for warning in r.warnings:
+            msg.append("\n")
+            msg.append_text(as_line(f"warning: {warning}", style="bold yellow"))
         for note in r.notes:
             msg.append("\n")
             msg.append_text(as_line(note, style="dim"))
@@ -156,18 +171,28 @@ class DatasetDiffScreen(Screen):
 
         ex = self.query_one("#diff-examples", DataTable)
         ex.clear(columns=True)
+        ex.border_subtitle = "Enter: old → new" if (r.added_examples or r.removed_examples or r.edited_examples
+                                                    or r.meta_examples) else ""
         ex.add_columns("", "id", "text")
+        # Row keys are positions, not ids: an id is any string a file holds.
+        self.row_ids = {}
+
+        def add(rid: str, *cells) -> None:
+            key = str(len(self.row_ids))
+            self.row_ids[key] = rid
+            ex.add_row(*cells, key=key)
+
         for e in r.added_examples:
-            ex.add_row(Text("+", style="green"), _cell(e.id), _cell(e.text))
+            add(e.id, Text("+", style="green"), _cell(e.id), _cell(e.text))
         for e in r.removed_examples:
-            ex.add_row(Text("−", style="red"), _cell(e.id), _cell(e.text))
+            add(e.id, Text("−", style="red"), _cell(e.id), _cell(e.text))
         for e in r.edited_examples:
             change = _cell(e.old_text or "?")
             change.append("  →  ")
             change.append_text(_cell(e.text))
-            ex.add_row(Text("~", style="yellow"), _cell(e.id), change)
+            add(e.id, Text("~", style="yellow"), _cell(e.id), change)
         for rid in r.meta_examples:
-            ex.add_row(Text("m", style="dim"), _cell(rid), Text("meta changed", style="dim"))
+            add(rid, Text("m", style="dim"), _cell(rid), Text("meta changed", style="dim"))
 
         dec = self.query_one("#diff-decisions", DataTable)
         dec.clear(columns=True)

@@ -22,6 +22,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
+from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
 from pipeline.engines import dvc_ops
@@ -50,6 +51,43 @@ def stage_reason(s: dvc_ops.StageState) -> str:
     if s.state == "changed":
         return f"changed: {s.detail}" if s.detail else "changed"
     return f"unknown: {s.detail}" if s.state == "unknown" and s.detail else s.state
+
+
+NOVELTY_STAGES = ("synthesize", "dedupe")
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 20  # the line stays within 80 columns with a seven-digit sample count
+
+
+def novelty_line(root: Path) -> Text:
+    """reports/novelty.csv in one line: a sparkline of the kept share per 100 samples
+    (on a fixed 0-1 scale, so a low bar is a low share) and the latest share in words."""
+    path = root / paths.NOVELTY
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return as_line("novelty: run dedupe", style="dim")
+    except (OSError, UnicodeDecodeError) as err:
+        return as_line(f"novelty: cannot read {paths.NOVELTY}: {err}", style="red")
+    rows: list[tuple[int, float]] = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            samples, share = line.split(",")
+            rows.append((int(samples), float(share)))
+        except ValueError:
+            return as_line(f"novelty: {paths.NOVELTY} line {number}: not samples,kept_share; run dedupe again",
+                           style="red")
+    if not rows:
+        return as_line("novelty: no samples yet (run synthesize, then dedupe)", style="dim")
+    # at most SPARK_WIDTH bars: neighbouring blocks averaged, so a long run keeps its shape
+    per = -(-len(rows) // SPARK_WIDTH)
+    bars = [sum(r[1] for r in rows[i:i + per]) / len(rows[i:i + per]) for i in range(0, len(rows), per)]
+    spark = "".join(SPARK[min(len(SPARK) - 1, max(0, int(b * len(SPARK))))] for b in bars)
+    total, share = rows[-1]
+    block = total - (rows[-2][0] if len(rows) > 1 else 0)
+    out = Text("novelty ", style="bold")
+    out.append(spark, style="green" if share >= 0.5 else "yellow" if share >= 0.2 else "red")
+    out.append(f"  {round(share * 100)} % new in the last {block} ({total:,} samples)")
+    return out
 
 
 class PipelineScreen(Screen):
@@ -163,6 +201,9 @@ class PipelineScreen(Screen):
             detail.append("  ")
             detail.append(as_line(stage_reason(stage), style=STATE_STYLE.get(stage.state, "")))
             detail.append("\n")
+            if stage.name in NOVELTY_STAGES:  # second, so the pane's few lines never cut it off
+                detail.append(novelty_line(self.root))
+                detail.append("\n")
             detail.append(as_line(f"cmd {stage.cmd}", style="dim"))
             if stage.metrics:
                 detail.append("\n")

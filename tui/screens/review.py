@@ -49,7 +49,7 @@ class ReviewCommands(Provider):
             return []
         out = []
         for binding in screen.BINDINGS:
-            if not isinstance(binding, Binding):
+            if not isinstance(binding, Binding) or _other_q(screen, binding):
                 continue
             title = binding.tooltip or binding.description
             key = binding.key_display or binding.key.split(",")[0]
@@ -104,6 +104,9 @@ class ReviewScreen(Screen):
         Binding("X", "bulk('reject')", "All ✗", key_display="X",
                 tooltip="Reject every sample the filter shows (asks first)"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="All keys"),
+        # One key, two meanings: pushed inside the app q goes back to the screen below (the
+        # app's own q quits); as `tenny review` it quits. check_action shows the one that applies.
+        Binding("q", "back", "Back", tooltip="Back to the app (every decision is already saved)"),
         Binding("q", "quit_review", "Quit", tooltip="Quit (every decision is already saved)"),
         Binding("pagedown", "scroll_sample(1)", "Page↓", show=False, tooltip="Scroll a long sample down"),
         Binding("pageup", "scroll_sample(-1)", "Page↑", show=False, tooltip="Scroll a long sample up"),
@@ -394,8 +397,12 @@ class ReviewScreen(Screen):
     # ------------------------------------------------------------ bindings
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "back":
+            return self._pushed()
+        if action == "quit_review":
+            return not self._pushed()
         if self.error is not None:
-            return action in ("quit_review", "help")
+            return action == "help"
         return True
 
     def _can_decide(self) -> bool:
@@ -704,13 +711,21 @@ class ReviewScreen(Screen):
     def action_help(self) -> None:
         from tui.screens.review_help import ReviewHelp
 
-        self.app.push_screen(ReviewHelp(self.BINDINGS))
+        self.app.push_screen(ReviewHelp([b for b in self.BINDINGS if not _other_q(self, b)]))
+
+    def _pushed(self) -> bool:
+        """On top of another screen (the app's review, key 6 / v), not the bottom of `tenny review`."""
+        stack = self.app.screen_stack
+        return len(stack) > 1 and self in stack[1:]
+
+    def action_back(self) -> None:
+        # Decisions are on disk already; leaving needs no save.
+        if self.app.screen is self:
+            self.app.pop_screen()
 
     def action_quit_review(self) -> None:
-        # Decisions are on disk already; leaving needs no save.
-        stack = self.app.screen_stack
-        if len(stack) > 1 and stack[-1] is self:
-            self.app.pop_screen()
+        if self._pushed():  # from the command palette, pushed: still only back
+            self.action_back()
         else:
             self.app.exit()
 
@@ -727,6 +742,12 @@ class ReviewScreen(Screen):
             self._draw()
         elif changed:
             self._status()
+
+
+def _other_q(screen: ReviewScreen, binding) -> bool:
+    """The q binding that does not apply where the screen is (back when pushed, quit when alone)."""
+    return isinstance(binding, Binding) and binding.action in ("back", "quit_review") \
+        and not screen.check_action(binding.action, ())
 
 
 def _strings(record: dict, state) -> list[str]:

@@ -80,9 +80,19 @@ class Garbage(Exception):
 
 
 class Engine:
+    """Answers in plan order (see the module docstring).
+
+    ``in_step``: a new request is sent only once the consumer has read every
+    answer already there. A consumer that may call :meth:`stop_sending` (the
+    novelty stop) needs it: otherwise a re-run served from the cache runs ahead
+    of the consumer and pays for requests past the point where the first run
+    stopped, before the consumer gets to that point and stops again.
+    """
+
     def __init__(self, cfg: SynthesizeParams, api_key: str, cache, budget: Budget, stats: RunStats,
-                 progress=None, cache_only: bool = False):
+                 progress=None, cache_only: bool = False, in_step: bool = False):
         self.cfg = cfg
+        self.in_step = in_step
         self.api_key = api_key
         self.cache = cache
         self.budget = budget
@@ -123,6 +133,18 @@ class Engine:
         self.slots = asyncio.Semaphore(self.cfg.concurrency)
         self.in_flight = 0
         self.settled = asyncio.Event()
+        self.stopping = False
+        self.consumer_idle = False
+        self.idle = asyncio.Event()  # the consumer has read everything there is and waits
+
+    def stop_sending(self) -> None:
+        """No new requests from now on (cached ones included); what is in flight still finishes.
+
+        Called between two answers by the consumer, outside the event loop; the
+        answers still to come are those already on their way, then the iterator ends.
+        """
+        self.stopping = True
+        self.idle.set()
 
     async def _open(self) -> None:
         import openai
@@ -146,7 +168,10 @@ class Engine:
             if self.done and self.next_idx >= self.dispatched:
                 return None
             self.ready.clear()
+            self.consumer_idle = True
+            self.idle.set()
             await self.ready.wait()
+            self.consumer_idle = False
 
     # ---------------------------------------------------------------- dispatch
 
@@ -155,6 +180,9 @@ class Engine:
         try:
             for req in planned:
                 await self.window_sem.acquire()
+                if self.stopping:
+                    self._unsent()
+                    continue
                 answer = self.cache.get(req.key)
                 if answer is not None:  # already paid for: served even after a budget stop
                     self.stats.cached += 1
@@ -164,14 +192,23 @@ class Engine:
                 if self.cache_only:  # batch mode: what the batch did not answer was counted when collected
                     self._finish(self._next_index(), req, None)
                     continue
+                if self.in_step:
+                    await self._consumer_caught_up()
+                    if self.stopping:
+                        self._unsent()
+                        continue
                 reservation = None if stopped else await self._reserve(req)
                 if reservation is None:
                     stopped = True
                     self.stats.budget_stop = 1
-                    self.stats.unsent += 1
-                    self.window_sem.release()
+                    self._unsent()
                     continue
                 await self.slots.acquire()
+                if self.stopping:  # stopped while this one waited for a free slot
+                    self.slots.release()
+                    self.budget.release(reservation[1])
+                    self._unsent()
+                    continue
                 self.stats.sent += 1
                 self.in_flight += 1
                 task = asyncio.create_task(self._run_one(self._next_index(), req, reservation))
@@ -184,6 +221,21 @@ class Engine:
         finally:
             self.done = True
             self.ready.set()
+
+    def _unsent(self) -> None:
+        self.stats.unsent += 1
+        self.window_sem.release()
+
+    async def _consumer_caught_up(self) -> None:
+        """Waits until the consumer has read (and acted on) every answer already there.
+
+        Idle means it came back for more and found nothing: everything it took
+        before was handled in between, outside the loop. An answer waiting for
+        it means it is not idle, whatever the flag says.
+        """
+        while not self.stopping and not (self.consumer_idle and self.next_idx not in self.results):
+            self.idle.clear()
+            await self.idle.wait()
 
     async def _reserve(self, req: Planned) -> tuple[int, float] | None:
         tokens = estimate_tokens(req.body["messages"])

@@ -81,13 +81,22 @@ def generate(params: Params, report) -> Iterator[dict]:
         if cfg.batch:
             batch.run_batch(cfg, key, cache, plan_all(files, sampling), budget, stats)
         progress = Progress(stats.planned, stats)
-        engine = Engine(cfg, key, cache, budget, stats, progress, cache_only=cfg.batch)
+        engine = Engine(cfg, key, cache, budget, stats, progress, cache_only=cfg.batch,
+                        in_step=cfg.stop_when_novelty_below is not None)
         for req, answer in engine.run(plan_all(files, sampling)):
+            if report.stop_requested:  # answers already on their way: paid for, kept in the cache, unused
+                continue
             if answer is None:
                 continue
             records = records_from(req, answer, counts)
             stats.samples += len(records)
-            yield from records
+            for record in records:
+                yield record
+                if report.stop_requested:
+                    # The stage saw the generator saturate (synthesize.stop_when_novelty_below).
+                    # Said before the engine is asked for more: from here on nothing new is sent.
+                    engine.stop_sending()
+                    break
     finally:
         if progress is not None:
             progress.close()
