@@ -92,7 +92,7 @@ async def test_pipeline_screen_names_a_stage_never_run(tmp_path):
         assert cells[1] == "never run"
 
 
-MODES = {"1": "pipeline", "2": "training", "3": "diff", "4": "experiments", "5": "eval"}
+MODES = {"1": "pipeline", "2": "training", "3": "diff", "4": "experiments", "5": "eval", "7": "chat"}
 
 
 async def test_global_keys_work_from_every_screen(tmp_path):
@@ -111,6 +111,10 @@ async def test_global_keys_work_from_every_screen(tmp_path):
             await wait_for(pilot, lambda: app.current_mode == mode, 5, f"{key} → {mode}")
             # no screen opens with a text field focused, so its keys act at once
             assert not isinstance(app.focused, Input), mode
+            # however many keys a screen has, the two that explain and leave the app are on screen
+            await pilot.pause()
+            footer = on_screen(app).splitlines()[-1]
+            assert "? Help" in footer and "q Quit" in footer, (mode, footer)
 
             await pilot.press("question_mark")
             await wait_for(pilot, lambda: isinstance(app.screen, KeysHelp), 5, f"{mode}: ? opens the keys")

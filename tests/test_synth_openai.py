@@ -321,10 +321,12 @@ def test_requests_per_minute_paces_the_run(project, server):
 
     write_prompt(grid={"topic": [f"t{i}" for i in range(16)]})
     start = time.monotonic()
-    run_stage(params_for(server, requests_per_minute=600, concurrency=16))  # 10/s after a 1 s burst
+    run_stage(params_for(server, requests_per_minute=300, concurrency=16))  # 5/s after a 1 s burst
     elapsed = time.monotonic() - start
     first, last = min(t[0] for t in server.stats.arrivals.values()), max(t[0] for t in server.stats.arrivals.values())
-    assert last - first >= 0.45  # 16 requests: 11 at once, then five 0.1 s apart
+    # 16 requests: 6 at once, then ten 0.2 s apart: the last leaves 2 s after the first. The margin
+    # is wide because a loaded machine can delay the first arrival while the later ones are due.
+    assert last - first >= 1.5
     assert elapsed < 5
 
 

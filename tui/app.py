@@ -182,7 +182,8 @@ class TennyApp(App):
         if isinstance(self.screen, ReviewScreen):
             return  # already in front: a second copy would hold a second view of the same log
         try:
-            screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS)
+            screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS,
+                                  dropped=self.root / paths.DEDUPE_DROPPED, base_dir=self.root / paths.BASE_DIR)
         except UserError as err:
             self.notify(clean(str(err)), severity="error", markup=False)
             return

@@ -41,6 +41,7 @@ from pipeline.engines.chat_session import (
     Reply,
     Sampling,
 )
+from tui.global_keys import GlobalKeysFirst
 
 STACK_BELOW = 100  # columns: two readable panes need about 50 each
 FLUSH_EVERY = 0.03  # seconds between pane updates while tokens stream: smooth, and cheap with a fast model
@@ -118,7 +119,7 @@ class ChatPane(VerticalScroll):
         self._show()
 
 
-class ChatScreen(Screen):
+class ChatScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         Binding("i,enter", "focus_input", "Type", key_display="i"),
         Binding("escape", "escape", "Stop/leave", key_display="esc"),

@@ -22,6 +22,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from pipeline.commands.diff import DEFAULT_PATH, DiffResult, changed_values
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
+from tui.global_keys import GlobalKeysFirst
 
 
 def _fmt(v) -> str:
@@ -34,7 +35,7 @@ def _cell(value, style: str = "") -> Text:
     return as_line(value, 200, style=style)
 
 
-class DatasetDiffScreen(Screen):
+class DatasetDiffScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         Binding("ctrl+r", "run_diff", "Diff"),
         Binding("ctrl+s", "swap", "Swap A/B"),

@@ -36,6 +36,7 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
 from pipeline.engines.dvc_ops import flatten
+from tui.global_keys import GlobalKeysFirst
 from tui.widgets.eval_judge import (
     JUDGE_FILE,
     JUDGE_OFF,
@@ -138,7 +139,7 @@ def _number_cell(value: object) -> Text:
     return cell
 
 
-class EvalScreen(Screen):
+class EvalScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         # The tabs are on screen and the message line names their keys: the footer keeps its room at 80 columns.
         Binding("m", "tab('metrics')", "Metrics tab", show=False),

@@ -28,6 +28,7 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean, log_line
 from pipeline.engines import dvc_ops
+from tui.global_keys import GlobalKeysFirst
 from tui.widgets.eval_judge import JUDGE_FILE
 
 KILL_AFTER_S = 5.0  # a cancelled judge gets this long to stop on Ctrl-C before it is killed
@@ -75,7 +76,7 @@ def _error_lines(lines: list[str]) -> str:
     return "\n".join(errors or lines[-3:]) or "no output"
 
 
-class ExperimentsScreen(Screen):
+class ExperimentsScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         Binding("space", "mark", "Mark A/B"),
         Binding("d", "diff", "Diff marked"),

@@ -26,6 +26,7 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
 from pipeline.engines import dvc_ops
+from tui.global_keys import GlobalKeysFirst
 from tui.widgets.log_view import RunLog
 
 STATE_STYLE = {"up to date": "green", "changed": "yellow", "never run": "dim", "unknown": "red"}
@@ -90,7 +91,7 @@ def novelty_line(root: Path) -> Text:
     return out
 
 
-class PipelineScreen(Screen):
+class PipelineScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         Binding("r", "repro_all", "Repro all"),
         Binding("t", "repro_stage", "Repro to stage"),

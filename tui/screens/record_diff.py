@@ -24,6 +24,7 @@ from textual.widgets import Footer, Header, Static
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
 from pipeline.engines.word_diff import RecordChange, value_text
+from tui.global_keys import GlobalKeysFirst
 
 DELETED = "red strike"
 INSERTED = "bold green"
@@ -71,7 +72,7 @@ def change_text(change: RecordChange, rev_a: str = "A", rev_b: str = "B") -> Tex
     return out
 
 
-class RecordDiffScreen(Screen):
+class RecordDiffScreen(GlobalKeysFirst, Screen):
     BINDINGS = [
         Binding("escape,q", "back", "Back"),
         Binding("pagedown", "page(1)", "Page↓", show=False),

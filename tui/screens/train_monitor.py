@@ -23,6 +23,7 @@ from pipeline.core import paths
 from pipeline.core import run_status as rs
 from pipeline.core.text import clean
 from pipeline.engines.train_progress import Nvml, Progress, ProgressReader, format_duration
+from tui.global_keys import GlobalKeysFirst
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.loss_chart import LossChart
 
@@ -117,7 +118,7 @@ def describe_run(p: Progress) -> str:
     return f"{p.status}, started {started}, step {step}"
 
 
-class TrainMonitorScreen(Screen):
+class TrainMonitorScreen(GlobalKeysFirst, Screen):
     """Live view of ``dvclive/`` (or any folder given)."""
 
     BINDINGS = [
