@@ -287,9 +287,10 @@ async def test_review_binding_pushes_the_review_screen_lazily(tmp_path, monkeypa
     pushed = {}
 
     class FakeReview(Screen):
-        def __init__(self, records_path, decisions_path):
+        def __init__(self, records_path, decisions_path, **kwargs):
             super().__init__()
             pushed["args"] = (records_path, decisions_path)
+            pushed["kwargs"] = kwargs
 
     fake = types.ModuleType("tui.screens.review")
     fake.ReviewScreen = FakeReview
@@ -301,6 +302,9 @@ async def test_review_binding_pushes_the_review_screen_lazily(tmp_path, monkeypa
         assert isinstance(app.screen, FakeReview)
         assert pushed["args"] == (tmp_path.resolve() / "data/deduped/samples.jsonl",
                                   tmp_path.resolve() / "data/reviews/decisions.jsonl")
+        # the twins dedupe dropped and the tokenizer come from the app's project, not the shell's folder
+        assert pushed["kwargs"] == {"dropped": tmp_path.resolve() / "reports/dedupe_dropped.jsonl",
+                                    "base_dir": tmp_path.resolve() / "models/base"}
     monkeypatch.setitem(sys.modules, "tui.screens.review", None)  # as if the module did not exist
     app = TennyApp(tmp_path, load_params(tmp_path / "none.yaml"), start="eval")
     async with app.run_test(size=SIZE) as pilot:
