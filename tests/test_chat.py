@@ -13,14 +13,13 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_app import on_screen, plain  # noqa: E402
+from test_app import on_screen, plain, wait_for  # noqa: E402
 
 from pipeline.cli import main  # noqa: E402
 from pipeline.core.errors import UserError  # noqa: E402
@@ -184,15 +183,6 @@ def test_a_long_conversation_drops_its_oldest_turns_to_fit(built):
 
 
 # ---------------------------------------------------------------- the screen
-
-
-async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await pilot.pause(0.05)
-        if condition():
-            return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_screen_streams_both_sides_stops_on_esc_and_shows_markup_as_text(built, tmp_path, monkeypatch):

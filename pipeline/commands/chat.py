@@ -58,8 +58,9 @@ class _Printer:
         self.out.flush()
 
 
-def one_shot(params: Any, prompt: str, sampling: Any, only: str | None, out=sys.stdout) -> int:
-    """Both answers to ``prompt``, streamed to ``out`` with a header line each."""
+def one_shot(params: Any, prompt: str, sampling: Any, only: str | None, out=None) -> int:
+    """Both answers to ``prompt``, streamed to ``out`` (stdout) with a header line each."""
+    out = out or sys.stdout  # looked up now: a default bound at import keeps a stream that may be replaced since
     from pipeline.engines.chat_session import MAKE_MODELS, SIDE_TITLES, ChatSession
 
     session = ChatSession(params, root=Path("."), only=only)

@@ -453,17 +453,6 @@ def _parse(text: str | None) -> Any:
         return text  # compared as text: still says whether it changed
 
 
-def _lock_outs(lock: Any) -> dict[str, tuple[str, str | None]]:
-    """dvc.lock → {out path: (stage, hash)} (DVC 3 writes md5; older locks too)."""
-    out: dict[str, tuple[str, str | None]] = {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    for stage, entry in (stages or {}).items():
-        for o in (entry or {}).get("outs") or []:
-            if isinstance(o, dict) and "path" in o:
-                out[str(o["path"])] = (str(stage), o.get("md5") or o.get("hash") or o.get("etag"))
-    return out
-
-
 def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
                         shas: tuple[str, str] | None = None) -> list[str]:
     """Warnings for ``path`` having the same DVC hash at both revisions while a metrics file of
@@ -476,7 +465,7 @@ def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
 
     root = Path(root)
     shas = shas or tuple(dvc_ops.check_rev(root, r) for r in (rev_a, rev_b))  # experiment names → commits
-    locks = [_lock_outs(_parse(_text_at(root, sha, "dvc.lock"))) for sha in shas]
+    locks = [dvc_ops.lock_outs(_parse(_text_at(root, sha, "dvc.lock"))) for sha in shas]
     (stage_a, hash_a), (stage_b, hash_b) = locks[0].get(path, (None, None)), locks[1].get(path, (None, None))
     if not hash_a or hash_a != hash_b or stage_a != stage_b:
         return []
@@ -502,27 +491,12 @@ def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
 # ---------------------------------------------------------------- one record, old → new
 
 
-def _with_edit(obj: dict, text: str) -> dict:
-    """The record as a review edit leaves it: the edit replaces the editable part (records.editable_text)."""
-    from pipeline.core.records import body_kind, editable_turn
-
-    out = dict(obj)
-    kind = body_kind(obj)
-    if kind == "text":
-        out["text"] = text
-    elif kind == "pair":
-        out["completion"] = text
-    else:
-        messages = [dict(m) for m in obj["messages"]]
-        messages[editable_turn(messages)]["content"] = text
-        out["messages"] = messages
-    return out
-
-
 def records_at(root: str | Path, path: str, rev: str, ids: set[str], *, decisions_path: str = str(paths.DECISIONS),
                apply_edits: bool | None = None) -> dict[str, dict]:
     """The whole records with these ids at ``rev`` (review edits in force applied, as the diff counts
     them); streams the file and stops once it has them all."""
+    from pipeline.core.records import with_editable_text
+
     root = Path(root)
     if apply_edits is None:
         apply_edits = Path(path) == paths.DEDUPED
@@ -534,7 +508,7 @@ def records_at(root: str | Path, path: str, rev: str, ids: set[str], *, decision
     for _, obj, *_ in _Reader(root, path, rev, {}):
         rid = obj["id"]
         if rid in ids and rid not in found:
-            found[rid] = _with_edit(obj, edits[rid]) if rid in edits else obj
+            found[rid] = with_editable_text(obj, edits[rid]) if rid in edits else obj
             if len(found) == len(ids):
                 break
     return found

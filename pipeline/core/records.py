@@ -187,6 +187,21 @@ def editable_text(record: dict) -> str:
     return record["messages"][editable_turn(record["messages"])]["content"]
 
 
+def with_editable_text(record: dict, text: str) -> dict:
+    """A copy of ``record`` with ``editable_text`` replaced by ``text`` (what a review edit does); id and meta kept."""
+    out = dict(record)
+    kind = body_kind(record)
+    if kind == "text":
+        out["text"] = text
+    elif kind == "pair":
+        out["completion"] = text
+    else:
+        messages = [dict(m) for m in record["messages"]]
+        messages[editable_turn(messages)]["content"] = text
+        out["messages"] = messages
+    return out
+
+
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), type(value).__name__

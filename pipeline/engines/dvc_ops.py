@@ -699,14 +699,21 @@ def inspect_workspace(root: str | os.PathLike) -> list[Finding]:
     return findings
 
 
+def lock_outs(lock: Any) -> dict[str, tuple[str, str | None]]:
+    """A parsed dvc.lock → {out path: (stage, hash)} (DVC 3 writes md5; etag for cloud outs)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    for stage, entry in (stages if isinstance(stages, dict) else {}).items():
+        for o in (entry or {}).get("outs") or []:
+            if isinstance(o, dict) and "path" in o:
+                out[str(o["path"])] = (str(stage), o.get("md5") or o.get("hash") or o.get("etag"))
+    return out
+
+
 def _missing_outputs(root: Path) -> list[Finding]:
     """Outputs dvc.lock records that are gone from disk (DVC deletes them before their stage runs)."""
-    lock = read_yaml(root / "dvc.lock") or {}
     outs = declared_outs(root)
-    locked = []
-    for entry in ((lock.get("stages") or {}) if isinstance(lock, dict) else {}).values():
-        locked += [str(o["path"]) for o in (entry or {}).get("outs") or [] if isinstance(o, dict) and "path" in o]
-    missing = [p for p in locked if p in outs and not (root / p).exists()]
+    missing = [p for p in lock_outs(read_yaml(root / "dvc.lock")) if p in outs and not (root / p).exists()]
     if not missing:
         return []
     tracked = set(_git(root, "ls-files", "-z", "--", *missing).stdout.split("\0"))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Any
 
+from pipeline.core.records import body_kind
+
 # Words, runs of whitespace and single punctuation marks: joining the tokens gives back
 # the text exactly, so an "equal" run shows the original spacing and line breaks.
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]", re.UNICODE)
@@ -111,19 +113,11 @@ class RecordChange:
         return "meta changed" if self.meta else "unchanged"
 
 
-def _kind(record: dict) -> str:
-    if "text" in record:
-        return "text"
-    if "messages" in record:
-        return "chat"
-    return "pair"
-
-
 def _fields(record: dict | None) -> dict[str, str]:
     """label → text, in reading order (see the module docstring)."""
     if record is None:
         return {}
-    kind = _kind(record)
+    kind = body_kind(record)
     if kind == "text":
         return {"text": record["text"]}
     if kind == "pair":
@@ -150,7 +144,7 @@ def _rank(label: str) -> tuple[int, int]:
 def record_changes(old: dict | None, new: dict | None) -> RecordChange:
     """Everything that differs between two versions of one record (either may be None)."""
     rid = str((new or old or {}).get("id", ""))
-    change = RecordChange(rid, _kind(old) if old else None, _kind(new) if new else None)
+    change = RecordChange(rid, body_kind(old) if old else None, body_kind(new) if new else None)
     fa, fb = _fields(old), _fields(new)
     labels = list(fa) + [label for label in fb if label not in fa]
     labels.sort(key=_rank)  # stable: equal ranks keep their order

@@ -32,7 +32,7 @@ from pipeline.core import paths
 from pipeline.core.decisions import ReviewState, load_states
 from pipeline.core.errors import UserError
 from pipeline.core.params import BuildParams, Params
-from pipeline.core.records import atomic_writer, body_kind, dumps, editable_turn, read_records, write_json
+from pipeline.core.records import atomic_writer, body_kind, dumps, read_records, with_editable_text, write_json
 
 MAX_EXAMPLE_IDS = 5
 
@@ -46,22 +46,13 @@ def apply_review(record: dict, state: ReviewState | None) -> dict:
     """The record as the reviewer left it: edited part replaced, tags in meta; id unchanged."""
     if state is None:
         return record
-    out = dict(record)
+    out = with_editable_text(record, state.text) if state.edited else dict(record)
     meta = dict(out.get("meta") or {})
     meta["review"] = state.status
     if state.tags:
         meta["tags"] = state.tags
     if state.edited:
         meta["edited"] = True
-        kind = body_kind(record)
-        if kind == "text":
-            out["text"] = state.text
-        elif kind == "pair":
-            out["completion"] = state.text
-        else:
-            messages = [dict(m) for m in record["messages"]]
-            messages[editable_turn(messages)]["content"] = state.text
-            out["messages"] = messages
     out["meta"] = meta
     return out
 
