@@ -95,7 +95,7 @@ def build(repo: Path, n: int) -> dict:
 
 def baseline(repo: Path) -> float:
     """Read both versions with json.loads only: the floor a record-level diff sits on."""
-    from pipeline.engines.dvc_ops import open_at
+    from pipeline.engines.dvc.revisions import open_at
 
     t = time.perf_counter()
     for rev in ("HEAD~1", "HEAD"):

@@ -21,6 +21,8 @@ base takes no weight gradients). Medians over the timed steps after warm-up.
     python bench/bench_train.py --project . --epoch               # after `dvc repro`: the real base and
                                                                   # data/final/train.jsonl, one epoch each,
                                                                   # at params.yaml's batch_size / max_seq_len
+    python bench/bench_train.py --overhead --steps 200 --batch 2 --max-len 64   # tenny's step vs a bare Trainer
+    python bench/bench_train.py --preset smollm2 --sample-cost --steps 6          # answers' share of a default run
     python bench/bench_train.py --preset 1.7b --samples instruction --batch 16 --row-len 8192 \\
         --peak-tflops 790                                         # an H100/H200 (bf16)
     ... --gradient-checkpointing / --liger                        # the memory knobs
@@ -75,7 +77,7 @@ def project_data(args):
 
     from pipeline.core.params import load_params
     from pipeline.core.records import read_records
-    from pipeline.engines.modeling import encode_example, load_tokenizer, read_base_info
+    from pipeline.engines.modeling import encode_within, load_tokenizer, read_base_info
     from pipeline.engines.packing import pack
 
     root = args.project
@@ -85,7 +87,7 @@ def project_data(args):
     tok = load_tokenizer(root / "models/base")
     global PAD
     PAD = tok.pad_token_id
-    examples = [encode_example(r, tok, params.train.max_seq_len) for r in read_records(root / "data/final/train.jsonl")]
+    examples, _ = encode_within(list(read_records(root / "data/final/train.jsonl")), tok, params.train.max_seq_len)
     args.batch = args.packed_batch = params.train.batch_size
     args.row_len = args.max_len = params.train.max_seq_len
     args.preset = f"{info.get('source_name', info['source'])} from {root}"
@@ -204,6 +206,165 @@ def stage(folder, device, examples, args, packing: bool) -> dict:
         len(row_segments(r)) for r in data[args.warmup * batch:]])
 
 
+def overhead(folder, device, examples, args) -> None:
+    """tenny's step against a bare Trainer with the same TrainingArguments and no callbacks, same process.
+
+    Both take the same rows through the same collator; tenny adds its
+    callbacks (live figures and run.json, sealed checkpoints, stop on signal,
+    answers while training) and its token count. The clock is the interval
+    between consecutive ``on_step_begin`` calls, so it holds everything a step
+    costs: the Trainer's own logging, every callback, the loader. Rounds
+    alternate (bare, tenny, bare, tenny, ...) so a machine that slows down
+    mid-run slows both alike. Prints medians and the ratio.
+    """
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from pipeline.core import run_status as rs
+    from pipeline.core.params import TrainParams
+    from pipeline.engines import train_samples
+    from pipeline.engines.packing import REAL_TOKENS, as_dataset
+    from pipeline.engines.train_callbacks import InOrderTrainer, LiveMetrics, SealCheckpoints
+    from pipeline.engines.train_speed import collator_for
+    from pipeline.stages.train import epochs_in_order, training_arguments
+
+    try:
+        from pipeline.engines.train_stop import StopOnSignal
+    except ImportError:  # before the stop moved out of train_callbacks
+        from pipeline.engines.train_callbacks import StopOnSignal
+
+    # Wall time, or this process's CPU time: on a machine other jobs share, waiting for a core
+    # swamps a difference of milliseconds, while the CPU time counts the work each step did.
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    steps = args.warmup + args.steps
+    tp = TrainParams(batch_size=args.batch, max_seq_len=args.max_len, max_steps=steps, save_every=10**9,
+                     eval_every=10**9, lr=1e-4, device=device, log_every=args.log_every)
+    rows = as_dataset(examples, False, tp.max_seq_len)
+    data = epochs_in_order(rows, steps * tp.batch_size, 0)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.starts: list[float] = []
+
+        def on_step_begin(self, a, state, control, **kw):
+            self.starts.append(clock())
+
+        def on_train_end(self, a, state, control, **kw):
+            self.starts.append(clock())
+
+        def intervals(self) -> list[float]:
+            return [b - a for a, b in zip(self.starts[args.warmup:], self.starts[args.warmup + 1:])]
+
+    class Uncounted:
+        """The bare Trainer's collator: tenny's, without the token count it adds to each batch."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, batch):
+            out = self.inner(batch)
+            out.pop(REAL_TOKENS, None)
+            return out
+
+    def one(kind: str) -> list[float]:
+        model = fresh_model(folder, device, args)
+        out = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+        targs = training_arguments(tp, out / "checkpoints", device, evaluate=False)
+        clock = Clock()
+        collator = collator_for(False, "sdpa", PAD)
+        if kind == "bare":
+            trainer = Trainer(model=model, args=targs, data_collator=Uncounted(collator), train_dataset=data,
+                              callbacks=[clock])
+            trainer.remove_callback(PrinterCallback)
+        else:
+            live_dir = out / "dvclive"
+            status = rs.RunStatus(live_dir / rs.RUN_JSON, total_steps=None, device=device)
+            sampler = train_samples.SampleAnswers(
+                live_dir, _BenchTok(), ["Say something."], ["Say something."], stops=[PAD],
+                sample_every=0, max_new_tokens=8, resumed_from=None)
+            trainer = InOrderTrainer(model=model, args=targs, data_collator=collator, train_dataset=data,
+                                     callbacks=[StopOnSignal(), SealCheckpoints({}, 2),
+                                                LiveMetrics(live_dir, status, None, steps_per_epoch=len(rows) / tp.batch_size),
+                                                sampler, clock])
+            for quiet in (ProgressCallback, PrinterCallback):
+                trainer.remove_callback(quiet)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):  # tenny's progress bar: not for the bench's output
+            trainer.train()
+        return clock.intervals()
+
+    times: dict[str, list[float]] = {"bare": [], "tenny": []}
+    for _ in range(args.rounds):
+        for kind in ("bare", "tenny"):
+            times[kind].extend(one(kind))
+    bare_s, tenny_s = statistics.median(times["bare"]), statistics.median(times["tenny"])
+    print(f"# overhead: {args.rounds} rounds x {args.steps} timed steps each, after {args.warmup} warm-up steps; "
+          f"batch {args.batch}; train.log_every {args.log_every} (0: auto); {args.clock} time")
+    print("variant | median_step_s | mean_step_s | steps")
+    for kind, label in (("bare", "bare Trainer, no callbacks"), ("tenny", "tenny train stage (its callbacks)")):
+        print(f"{label} | {statistics.median(times[kind]):.5f} | {statistics.mean(times[kind]):.5f} | {len(times[kind])}")
+    print(f"tenny / bare (median step): {tenny_s / bare_s:.3f}x")
+
+
+def sample_cost(folder, device, examples, args) -> None:
+    """What answering while training costs at the defaults: a step of the train stage against a round of
+    answers (train.sample_prompts: 5 prompts, 48 new tokens, greedy, full length: no EOS on random
+    weights), and the share of a run of --run-steps steps that sample_every: 0 (about 5 rounds) takes."""
+    import math
+
+    import torch
+
+    from pipeline.engines import train_samples
+
+    row = stage(folder, device, examples, args, packing=False)
+    model = fresh_model(folder, device, args)
+    prompt_len = sorted(len(ids) for ids, _ in examples)[len(examples) // 2] // 3
+
+    class Tok(_BenchTok):
+        def __call__(self, texts, **kw):
+            from transformers import BatchEncoding
+
+            ids = torch.randint(3, 500, (len(texts), prompt_len), generator=torch.Generator().manual_seed(0))
+            return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    sampler = train_samples.SampleAnswers(Path(tempfile.mkdtemp()), Tok(), ["p"] * 5, ["p"] * 5, stops=[-1],
+                                          sample_every=0, max_new_tokens=48, resumed_from=None)
+    model.train()
+    rounds = []
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        sampler.answer(model, 0)
+        sync(device)
+        rounds.append(time.perf_counter() - t0)
+    step_s, round_s = row["median_step_s"], statistics.median(rounds)
+    n = math.ceil(args.run_steps / train_samples.every_for(0, args.run_steps))
+    share = n * round_s / (args.run_steps * step_s + n * round_s)
+    print(f"# sample cost: {prompt_len}-token prompts, batch {args.batch}")
+    print(f"median train step {step_s:.3f} s | median answer round (5 prompts x 48 tokens) {round_s:.3f} s")
+    print(f"a run of {args.run_steps} steps, {n} rounds (sample_every: 0): {100 * share:.1f} % of its time")
+
+
+class _BenchTok:
+    """The least a tokenizer must do for SampleAnswers on random weights and ids (no vocabulary here)."""
+
+    pad_token_id = 0
+    padding_side = "right"
+
+    def __call__(self, texts, **kw):
+        import torch
+
+        from transformers import BatchEncoding
+
+        ids = torch.tensor([[5, 6, 7, 8]] * len(texts))
+        return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    def decode(self, ids, **kw):
+        return " ".join(map(str, ids))
+
+
 def steps_for(args, packing: bool) -> int:
     """Timed steps: --steps, or with --epoch the steps one epoch takes in that variant."""
     return getattr(args, "steps_packed" if packing else "steps_padded", args.steps)
@@ -253,6 +414,16 @@ def main() -> None:
     ap.add_argument("--project", type=Path, help="a reproduced tenny project: its models/base and data/final/train.jsonl")
     ap.add_argument("--epoch", action="store_true", help="time one whole epoch per variant (with --project)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--overhead", action="store_true",
+                    help="tenny's step against a bare Trainer with the same arguments and no callbacks (tiny model)")
+    ap.add_argument("--rounds", type=int, default=3, help="--overhead: alternating rounds of each")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="--overhead: wall time, or the process's CPU time (steadier on a shared machine)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--sample-cost", action="store_true",
+                    help="a round of answers while training against a train step, and its share of a run")
+    ap.add_argument("--run-steps", type=int, default=84, help="--sample-cost: steps in the run (default pipeline: 84)")
+    ap.add_argument("--log-every", type=int, default=0, help="--overhead: train.log_every (0: the default)")
     args = ap.parse_args()
 
     import torch
@@ -261,6 +432,8 @@ def main() -> None:
     from pipeline.engines.modeling import quiet_libraries
 
     quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.project:
         folder, examples, cfg = project_data(args)
@@ -279,6 +452,12 @@ def main() -> None:
     print(f"# {args.preset} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}), LoRA r=16 q/v, {gpu}, "
           f"torch {torch.__version__}; {what}: median {lengths[len(lengths) // 2]} tokens, "
           f"p90 {lengths[int(len(lengths) * 0.9)]}; {timed} after {args.warmup} warm-up steps")
+    if args.overhead:
+        overhead(folder, device, examples, args)
+        return
+    if args.sample_cost:
+        sample_cost(folder, device, examples, args)
+        return
     results = []
     for variant in args.only:
         if variant == "bare":

@@ -14,7 +14,9 @@ import sys
 from pipeline.core.errors import UserError
 from pipeline.core.text import clean
 
-# command → module; each module holds one stage or one tool.
+# command → module; each module holds one stage or one tool. A command that opens a
+# screen points at its entry in tui/commands/: the app stands above pipeline/, so
+# pipeline/ never imports it, and this table is the one place that names it.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("pipeline.stages.synthesize", "make raw samples (import, dataset or openai)"),
     "dedupe": ("pipeline.stages.dedupe", "drop near-duplicates (fuzz.ratio >= threshold)"),
@@ -23,13 +25,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.stages.train", "LoRA / QLoRA fine-tune"),
     "eval": ("pipeline.stages.eval", "perplexity and generations: base vs adapter"),
     "export": ("pipeline.stages.export", "merge the adapter into the base: models/merged/ + Ollama Modelfile"),
-    "review": ("pipeline.commands.review", "review samples in the terminal"),
+    "review": ("tui.commands.review", "review samples in the terminal"),
     "diff": ("pipeline.commands.diff", "record-level diff of a records file between two revisions"),
     "judge": ("pipeline.commands.judge", "a judge model compares the adapter answers of two revisions"),
-    "train-watch": ("pipeline.commands.train_watch", "follow a training run live"),
+    "train-watch": ("tui.commands.train_watch", "follow a training run live"),
     "params": ("pipeline.commands.params", "print params with defaults filled in"),
-    "chat": ("pipeline.commands.chat", "talk to the base model and the adapter side by side"),
+    "chat": ("tui.commands.chat", "talk to the base model and the adapter side by side"),
+    "llama-cpp": ("pipeline.commands.llama_cpp", "find llama.cpp, or fetch and build it once (for export.gguf)"),
 }
+APP = "tui.app"  # `tenny` with no command: its run_app opens the whole app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params(args.params, overrides)
         if args.command is None:
-            from tui.app import run_app
-
-            return run_app(params, args) or 0
+            return importlib.import_module(APP).run_app(params, args) or 0
         module = importlib.import_module(args.module)
         return module.run(params, args) or 0
     except UserError as err:

@@ -8,6 +8,12 @@ what was asked and how often.
 
 Faults are scripted, never random unless asked for:
 - ``latency``: seconds every chat response waits (asyncio, so it costs no CPU);
+- ``slots``: a server that works on at most this many requests at once (a
+  laptop's llama.cpp, ``transformers serve``): each takes ``latency`` seconds
+  of a slot, the rest queue in arrival order, and a request whose client gave
+  up is still served (as by servers that do not cancel): ``Stats.busy_s`` and
+  ``Stats.wasted_s`` say how much of the server's time went to answers nobody
+  read;
 - ``rules``: ``Rule(match, faults)`` gives the first attempts of each request
   whose last user message contains ``match`` the listed faults, in order;
 - ``fail_rate``: a seeded share of first attempts answered 429 or 500
@@ -79,6 +85,10 @@ class Stats:
     files_uploaded: int = 0
     batches_created: int = 0
     batch_retrieves: int = 0
+    busy_s: float = 0.0        # slot server: seconds of service given
+    wasted_s: float = 0.0      # of which to requests whose client had gone
+    abandoned: int = 0         # requests served after their client had gone
+    active: int = 0            # slot server: requests queued or in service now
 
     def to_json(self) -> dict:
         twice = sum(1 for n in self.ok_by_key.values() if n > 1)
@@ -92,6 +102,10 @@ class Stats:
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
             "batch_retrieves": self.batch_retrieves,
+            "busy_s": round(self.busy_s, 3),
+            "wasted_s": round(self.wasted_s, 3),
+            "abandoned": self.abandoned,
+            "active": self.active,
         }
 
 
@@ -106,8 +120,11 @@ class FakeOpenAI:
         seed: int = 0,
         batch_polls: int = 1,
         hang_s: float = 2.0,
+        slots: int | None = None,
     ):
         self.latency = latency
+        self.slots = slots
+        self._slot_sem: asyncio.Semaphore | None = None
         self.responder = responder
         self.rules = list(rules or [])
         self.fail_rate = fail_rate
@@ -115,6 +132,7 @@ class FakeOpenAI:
         self.batch_polls = batch_polls  # retrieves a batch stays in progress before completing
         self.hang_s = hang_s
         self.keep_bodies = False  # tests that compare what was asked turn this on
+        self.rejects: set[str] = set()  # request fields answered 400, as a server that does not know them
         self.stats = Stats()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -190,6 +208,23 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------ chat
 
+    async def _serve_in_slot(self, request: web.Request) -> None:
+        """Wait for a free slot, then work ``latency`` s; the work is done even if the client left."""
+        if self._slot_sem is None:  # made in the server's loop
+            self._slot_sem = asyncio.Semaphore(self.slots)
+        stats = self.stats
+        stats.active += 1
+        try:
+            async with self._slot_sem:
+                await asyncio.sleep(self.latency)
+                stats.busy_s += self.latency
+                if request.transport is None or request.transport.is_closing():
+                    stats.wasted_s += self.latency
+                    stats.abandoned += 1
+        finally:
+            stats.active -= 1
+            self._notify()
+
     def _fault_for(self, body: dict, attempt: int) -> str | None:
         text = last_user(body)
         for rule in self.rules:
@@ -210,8 +245,15 @@ class FakeOpenAI:
         if self.keep_bodies:
             self.stats.bodies.append(body)
         self._notify()
+        unknown = sorted(self.rejects & set(body))
+        if unknown:
+            self.stats.faults["rejected_field"] += 1
+            return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                                "type": "invalid_request_error"}}, status=400)
         fault = self._fault_for(body, attempt)
-        if self.latency:
+        if self.slots:
+            await self._serve_in_slot(request)
+        elif self.latency:
             await asyncio.sleep(self.latency)
         if fault:
             self.stats.faults[fault.split(":")[0]] += 1
@@ -330,9 +372,11 @@ class FakeOpenAI:
 
     async def control(self, request: web.Request) -> web.Response:
         body = await request.json()
-        for name in ("latency", "fail_rate", "batch_polls"):
+        for name in ("latency", "fail_rate", "batch_polls", "slots"):
             if name in body:
                 setattr(self, name, body[name])
+        if "slots" in body:
+            self._slot_sem = None
         if body.get("reset"):
             self.stats = Stats()
         return web.json_response({"ok": True})
@@ -367,8 +411,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slots", type=int, default=None, help="requests served at once; the rest queue")
     args = parser.parse_args()
-    server = FakeOpenAI(latency=args.latency, fail_rate=args.fail_rate, seed=args.seed)
+    server = FakeOpenAI(latency=args.latency, fail_rate=args.fail_rate, seed=args.seed, slots=args.slots)
 
     async def serve():
         url = await server.start()

@@ -84,9 +84,9 @@ async def test_pipeline_screen_runs_repro_and_exp_run(repo):
         await wait_for(pilot, lambda: screen.current is None and screen.last_exit is not None, what="exp run")
         assert screen.last_exit == 0, log.text
         assert "$ dvc exp run --temp -S train.lr=0.01" in log.text
-        from pipeline.engines import dvc_ops
+        from pipeline.engines.dvc import experiments
 
-        assert any(r.params.get("train.lr") == 0.01 and r.parent for r in dvc_ops.exp_show(repo))
+        assert any(r.params.get("train.lr") == 0.01 and r.parent for r in experiments.exp_show(repo))
 
 
 async def test_pipeline_run_can_be_cancelled_and_ui_stays_live(tmp_path):
@@ -211,10 +211,10 @@ async def test_diff_screen_shows_hostile_ids_and_text_as_text(tmp_path):
 
 async def test_experiments_screen_sorts_marks_and_diffs(repo):
     lines: list[str] = []
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import runs
 
     for lr in ("0.01", "0.05"):
-        assert dvc_ops.stream(dvc_ops.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
+        assert runs.stream(runs.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
     app = app_for(repo, start="experiments")
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen

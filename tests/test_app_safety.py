@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_app import wait_for  # noqa: E402
 from test_diff_repo import GIT_ENV, dvc, git  # noqa: E402
 
+from pipeline.core import overrides  # noqa: E402
+from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.params import load_params  # noqa: E402
-from pipeline.engines import dvc_ops  # noqa: E402
+from pipeline.engines.dvc import runs, workspace  # noqa: E402
 from tui.app import TennyApp  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,8 +90,8 @@ def snapshot(repo: Path) -> dict:
             "status": out("status", "--porcelain"), "exec_refs": out("for-each-ref", "refs/exps/exec"), **files}
 
 
-def start_until_step(args: list[str], repo: Path, step: int = 5) -> tuple[dvc_ops.Run, list[str]]:
-    run = dvc_ops.Run(args, repo).start()
+def start_until_step(args: list[str], repo: Path, step: int = 5) -> tuple[runs.Run, list[str]]:
+    run = runs.Run(args, repo).start()
     seen: list[str] = []
     for line in run.lines():
         seen.append(line)
@@ -105,28 +107,28 @@ def repo(tmp_path) -> Path:
 
 def test_cancelled_experiment_leaves_branch_index_refs_and_outputs(repo):
     before = snapshot(repo)
-    state = dvc_ops.workspace_state(repo)
-    run, _ = start_until_step(dvc_ops.exp_run_args([SLOW]), repo)
+    state = workspace.workspace_state(repo)
+    run, _ = start_until_step(runs.exp_run_args([SLOW]), repo)
     assert snapshot(repo) == before  # while it runs, too: it runs in DVC's temp copy
     t0 = time.monotonic()
     run.cancel()
     assert time.monotonic() - t0 < 10, "SIGINT alone should stop dvc and the stage"
-    assert dvc_ops.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True) == []
+    assert workspace.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True) == []
     assert snapshot(repo) == before
-    assert not list((repo / dvc_ops.EXPS_TEMP).glob("tmp*"))
+    assert not list((repo / workspace.EXPS_TEMP).glob("tmp*"))
 
 
 def test_sigkilled_experiment_leaves_the_workspace_and_its_copy_is_removed(repo):
     before = snapshot(repo)
-    state = dvc_ops.workspace_state(repo)
-    run, _ = start_until_step(dvc_ops.exp_run_args([SLOW]), repo)
+    state = workspace.workspace_state(repo)
+    run, _ = start_until_step(runs.exp_run_args([SLOW]), repo)
     os.killpg(run.proc.pid, signal.SIGKILL)  # as a crash would: no cleanup at all
     run.wait()
     assert snapshot(repo) == before
-    assert list((repo / dvc_ops.EXPS_TEMP).glob("tmp*")), "DVC's copy is left behind by a kill"
-    notes = dvc_ops.settle_workspace(repo, state, restore=True)
+    assert list((repo / workspace.EXPS_TEMP).glob("tmp*")), "DVC's copy is left behind by a kill"
+    notes = workspace.settle_workspace(repo, state, restore=True)
     assert [n for n in notes if "removed the killed experiment's copy" in n] and len(notes) == 1
-    assert not list((repo / dvc_ops.EXPS_TEMP).glob("tmp*"))
+    assert not list((repo / workspace.EXPS_TEMP).glob("tmp*"))
     assert snapshot(repo) == before
 
 
@@ -134,13 +136,13 @@ def test_settle_repairs_what_a_workspace_experiment_breaks(repo):
     """Without --temp, a cancelled `dvc exp run` leaves a detached HEAD, EXEC refs, staged
     files and deleted outputs: what the app used to do. settle_workspace puts it all back."""
     before = snapshot(repo)
-    state = dvc_ops.workspace_state(repo)
+    state = workspace.workspace_state(repo)
     run, _ = start_until_step(["exp", "run", "-S", SLOW], repo)
     os.killpg(run.proc.pid, signal.SIGTERM)
     run.wait()
     broken = snapshot(repo)
     assert broken["branch"] == "" and broken["exec_refs"] and broken["reports/train.json"] is None
-    notes = dvc_ops.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True)
+    notes = workspace.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True)
     assert any("back on main" in n for n in notes) and any("refs/exps/exec/EXEC_HEAD" in n for n in notes)
     after = snapshot(repo)
     # The run's edit of params.yaml stays in the working tree (unstaged): the user's file, shown as modified.
@@ -153,16 +155,16 @@ def test_settle_repairs_what_a_workspace_experiment_breaks(repo):
 def test_cancelled_repro_restores_the_previous_outputs(repo):
     (repo / "params.yaml").write_text("train:\n  lr: 0.002\n  max_steps: 2000\n")
     before = snapshot(repo)
-    state = dvc_ops.workspace_state(repo)
-    dvc_ops.backup_uncached(repo)
-    run, _ = start_until_step(dvc_ops.repro_args(), repo)
+    state = workspace.workspace_state(repo)
+    workspace.backup_uncached(repo)
+    run, _ = start_until_step(runs.repro_args(), repo)
     assert not (repo / "reports/train.json").exists()  # DVC deleted them before running the stage
     run.cancel()
     assert run.workspace_stage == "train"
-    notes = dvc_ops.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True)
+    notes = workspace.settle_workspace(repo, state, interrupted_stage=run.workspace_stage, restore=True)
     assert notes == ["restored from the DVC cache: models/adapter", "restored reports/train.json as it was before the run"]
     assert snapshot(repo) == before
-    assert not (repo / dvc_ops.BACKUP).exists()
+    assert not (repo / workspace.BACKUP).exists()
 
 
 BAD_OVERRIDES = [
@@ -176,13 +178,13 @@ BAD_OVERRIDES = [
 
 @pytest.mark.parametrize("override, message", BAD_OVERRIDES)
 def test_check_overrides_refuses_before_dvc(repo, override, message):
-    with pytest.raises(dvc_ops.UserError, match=None) as err:
-        dvc_ops.check_overrides(repo, [override])
+    with pytest.raises(UserError, match=None) as err:
+        overrides.check_overrides(repo, [override])
     assert message in str(err.value)
 
 
 def test_check_overrides_accepts_a_real_change(repo):
-    assert dvc_ops.check_overrides(repo, ["train.lr=1e-3", "train.max_steps=3"]) == ["train.lr=1e-3", "train.max_steps=3"]
+    assert overrides.check_overrides(repo, ["train.lr=1e-3", "train.max_steps=3"]) == ["train.lr=1e-3", "train.max_steps=3"]
 
 
 async def test_invalid_override_in_the_app_writes_and_starts_nothing(repo):

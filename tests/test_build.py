@@ -115,16 +115,20 @@ def test_bad_decision_line_names_file_and_line(project):
         build.run(params)
 
 
-def test_a_cut_last_decision_is_an_error_and_the_log_is_left_as_it_is(project):
-    # a review session repairs a line cut by a crash; build (a DVC stage) only reads its deps
+def test_a_cut_last_decision_is_skipped_with_a_note_and_the_log_is_left_as_it_is(project, capsys):
+    # a review session repairs a line cut by a crash; build (a DVC stage) only reads its deps,
+    # and a teammate's crash costs the build that one keystroke, said in the report (issue 27)
     root, recs, params = project
     log = root / "data/reviews/decisions.jsonl"
     append_decision(log, recs[0]["id"], "reject")
     with open(log, "a") as fh:
         fh.write(json.dumps({"id": recs[1]["id"], "action": "reject"})[:-9])
     before = log.read_bytes()
-    with pytest.raises(UserError, match=r"decisions.jsonl:2: malformed JSON"):
-        build.run(params)
+    build.run(params)
+    report = json.loads((root / "reports/dataset.json").read_text())
+    assert report["review"]["excluded_rejected"] == 1  # the whole line counts, the cut one does not
+    assert "decisions.jsonl:2: a cut last line" in report["review_notes"][0]
+    assert "decisions.jsonl:2: a cut last line" in capsys.readouterr().out
     assert log.read_bytes() == before and sorted(p.name for p in log.parent.iterdir()) == ["decisions.jsonl"]
 
 

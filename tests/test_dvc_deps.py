@@ -2,67 +2,23 @@
 
 Too few and `dvc repro` calls a stale output up to date; too many and a change to
 the app, the diff or a benchmark re-runs training. The closure is read from the
-code (every import, also those inside functions), so a new import without a new
-dep fails here, naming the stage and the module.
+code (every import, also those inside functions) by pipeline/engines/code_closure.py,
+the same reading the train stage hashes into its run identity, so a new import
+without a new dep fails here, naming the stage and the module.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.cli import COMMANDS
+from pipeline.engines.code_closure import PROJECT, closure, module_file
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-PROJECT = ("pipeline", "tui")
-# UserError's wording cannot change an output; every stage imports it.
-WORDING_ONLY = {"pipeline/core/errors.py"}
-DOTTED = re.compile(r"(pipeline|tui)(\.\w+)+")
-
-
-def module_file(name: str) -> Path | None:
-    base = REPO / name.replace(".", "/")
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and DOTTED.fullmatch(node.value):
-            found.add(node.value)  # a dispatch table for importlib ("pipeline.engines...providers.transcripts")
-    return {m for m in found if m.split(".")[0] in PROJECT}
-
-
-def closure(entry: Path) -> set[str]:
-    seen: set[Path] = set()
-    todo = [entry]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in imported_modules(path):
-            # `pipeline.core.paths` is a package's module; `pipeline.core` its (empty) package.
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):
-                f = module_file(".".join(parts[:i]))
-                if f is not None and f not in seen:
-                    todo.append(f)
-    rel = {p.relative_to(REPO).as_posix() for p in seen}
-    return {f for f in rel if f not in WORDING_ONLY and not (f.endswith("__init__.py") and not (REPO / f).read_text().strip())}
 
 
 def stage_module(stage: str) -> str:

@@ -1,4 +1,4 @@
-"""pipeline/engines/dvc_ops.py against real git + DVC: states, runs, experiments, remotes, cancel."""
+"""pipeline/engines/dvc/ (cli, project, runs, experiments, remotes) against real git + DVC: states, runs, experiments, remotes, cancel."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_diff_repo import dvc, git, make_two_versions  # noqa: E402
 
-from pipeline.engines import dvc_ops  # noqa: E402
 from pipeline.commands.diff import diff_records  # noqa: E402
+from pipeline.core import overrides  # noqa: E402
 from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.params import RemoteParams  # noqa: E402
+from pipeline.engines.dvc import cli, experiments, project, remotes, revisions, runs  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,30 +27,30 @@ def repo(tmp_path_factory) -> Path:
 
 
 def states(repo) -> dict[str, str]:
-    return {s.name: s.state for s in dvc_ops.stage_states(repo)}
+    return {s.name: s.state for s in project.stage_states(repo)}
 
 
 def test_states_runs_experiments_in_order(repo):
     assert states(repo) == {"count": "never run", "report": "never run"}
     lines: list[str] = []
-    assert dvc_ops.stream(dvc_ops.repro_args("count"), repo, lines.append) == 0
+    assert runs.stream(runs.repro_args("count"), repo, lines.append) == 0
     assert any("counted 11" in line for line in lines)
-    s = {x.name: x for x in dvc_ops.stage_states(repo)}
+    s = {x.name: x for x in project.stage_states(repo)}
     assert s["count"].state == "up to date" and s["report"].state == "never run"
     assert s["count"].metrics == {"records": 11, "lr_seen": 0.002}
     # A param change makes the stage "changed", in DVC's words.
     (repo / "params.yaml").write_text("train:\n  lr: 0.005\n")
-    s = {x.name: x for x in dvc_ops.stage_states(repo)}
+    s = {x.name: x for x in project.stage_states(repo)}
     assert s["count"].state == "changed" and "train.lr" in s["count"].detail
     (repo / "params.yaml").write_text("train:\n  lr: 0.002\n")
-    assert dvc_ops.stream(dvc_ops.repro_args(), repo, lines.append) == 0
+    assert runs.stream(runs.repro_args(), repo, lines.append) == 0
     assert states(repo) == {"count": "up to date", "report": "up to date"}
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "ran")
 
     # dvc exp run -S: an experiment whose params and metrics differ.
-    assert dvc_ops.stream(dvc_ops.exp_run_args(["train.lr=0.01"], name="lr-up"), repo, lines.append) == 0
-    rows = dvc_ops.exp_show(repo)
+    assert runs.stream(runs.exp_run_args(["train.lr=0.01"], name="lr-up"), repo, lines.append) == 0
+    rows = experiments.exp_show(repo)
     names = [r.name for r in rows]
     assert "workspace" in names and "lr-up" in names
     exp = next(r for r in rows if r.name == "lr-up")
@@ -58,6 +59,28 @@ def test_states_runs_experiments_in_order(repo):
     assert r.unchanged == 11 and r.added == 0
     assert r.params["params.yaml"]["train.lr"] == {"old": 0.002, "new": 0.01, "diff": pytest.approx(0.008)}
     assert r.metrics["reports/count.json"]["lr_seen"]["new"] == 0.01
+
+
+def test_reading_at_a_revision_names_what_is_missing(repo, tmp_path):
+    """dvc.lock read through its one reader: an output it lists whose data is not cached says `dvc pull`;
+    a path it does not list (a prefix of one, which a text search once took for it) is not in the repo."""
+    if git(repo, "ls-files", "dvc.lock").stdout.strip() == "":  # run alone: commit a run first
+        assert runs.stream(runs.repro_args(), repo, lambda line: None) == 0
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "ran")
+    clone = tmp_path / "clone"  # a second machine: git has dvc.lock, the DVC cache is empty
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert "out/count.txt" in project.lock_outs(project.read_lock(clone, "HEAD"))
+    for rev in ("HEAD", None):
+        with pytest.raises(UserError, match="tracked by DVC but its data is not in the local cache: run `dvc pull`"):
+            with revisions.open_at(clone, "out/count.txt", rev):
+                pass
+        with pytest.raises(UserError, match="not in the repository"):
+            with revisions.open_at(clone, "out/count", rev):
+                pass
+    assert not revisions.exists_at(clone, "out/count", "HEAD")
+    with revisions.open_at(clone, "count.py", "HEAD") as fh:  # plain git files come from git
+        assert fh.read() == (repo / "count.py").read_bytes()
 
 
 def test_parse_exp_show_shape():
@@ -71,7 +94,7 @@ def test_parse_exp_show_shape():
              "params": {"params.yaml": {"data": {"train": {"lr": 2}}}},
              "metrics": {"m.json": {"data": {"loss": 0.25}}}}}]}]},
     ]
-    rows = dvc_ops.parse_exp_show(data)
+    rows = experiments.parse_exp_show(data)
     assert [(r.name, r.ref, r.parent) for r in rows] == [("workspace", "workspace", None), ("main", "abc123", None),
                                                            ("e1", "e1", "abc123")]
     assert rows[2].params == {"train.lr": 2} and rows[2].metrics == {"loss": 0.25}
@@ -80,26 +103,26 @@ def test_parse_exp_show_shape():
 def test_push_pull_status_with_a_local_folder_remote(repo, tmp_path):
     storage = tmp_path / "storage"
     storage.mkdir()
-    name = dvc_ops.ensure_remote(repo, RemoteParams(name="shared", url=str(storage)))
-    assert name == "shared" and dvc_ops.remotes(repo)["shared"] == str(storage)
-    assert dvc_ops.cloud_status(repo, name)  # nothing pushed yet: DVC lists what the remote lacks
+    name = remotes.ensure_remote(repo, RemoteParams(name="shared", url=str(storage)))
+    assert name == "shared" and remotes.remotes(repo)["shared"] == str(storage)
+    assert remotes.cloud_status(repo, name)  # nothing pushed yet: DVC lists what the remote lacks
     lines: list[str] = []
-    assert dvc_ops.stream(dvc_ops.push_args(name), repo, lines.append) == 0
-    assert dvc_ops.cloud_status(repo, name) == {}
+    assert runs.stream(remotes.push_args(name), repo, lines.append) == 0
+    assert remotes.cloud_status(repo, name) == {}
     assert any(storage.rglob("*")), "push wrote objects into the folder remote"
     # A second machine: a clone with an empty cache pulls the data version back.
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
-    dvc_ops.ensure_remote(clone, RemoteParams(name="shared", url=str(storage)))
+    remotes.ensure_remote(clone, RemoteParams(name="shared", url=str(storage)))
     assert not (clone / "data/deduped/samples.jsonl").exists()
-    assert dvc_ops.stream(dvc_ops.pull_args(name), clone, lines.append) == 0
+    assert runs.stream(remotes.pull_args(name), clone, lines.append) == 0
     assert (clone / "data/deduped/samples.jsonl").read_bytes() == (repo / "data/deduped/samples.jsonl").read_bytes()
 
 
 def test_relative_remote_url_is_relative_to_the_project(repo):
-    dvc_ops.ensure_remote(repo, RemoteParams(name="rel", url="../relstore"))
-    assert dvc_ops.remotes(repo)["rel"] == str((repo / "../relstore").resolve())
-    assert dvc_ops.ensure_remote(repo, RemoteParams()) is None  # no url: leave DVC's config alone
+    remotes.ensure_remote(repo, RemoteParams(name="rel", url="../relstore"))
+    assert remotes.remotes(repo)["rel"] == str((repo / "../relstore").resolve())
+    assert remotes.ensure_remote(repo, RemoteParams()) is None  # no url: leave DVC's config alone
 
 
 def test_cancel_stops_the_whole_process_group(tmp_path):
@@ -111,7 +134,7 @@ def test_cancel_stops_the_whole_process_group(tmp_path):
     (repo / "dvc.yaml").write_text(
         "stages:\n  slow:\n    cmd: python -c \"import os,time; open('child.pid','w').write(str(os.getpid())); "
         "time.sleep(60)\"\n    outs: [never.txt]\n")
-    run = dvc_ops.Run(dvc_ops.repro_args("slow"), repo).start()
+    run = runs.Run(runs.repro_args("slow"), repo).start()
     deadline = time.time() + 30
     while not marker.exists() or not marker.read_text():
         assert time.time() < deadline, "stage did not start"
@@ -140,16 +163,16 @@ def _gone(pid: int, wait_s: float = 5.0) -> bool:
 
 def test_not_a_dvc_repo_and_dvc_missing(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not inside a DVC repository"):
-        dvc_ops.find_root(tmp_path)
+        cli.find_root(tmp_path)
     with pytest.raises(UserError, match="not a DVC repository"):
-        dvc_ops.stage_definitions(tmp_path)
+        project.stage_definitions(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "nobin" / "python"))
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="dvc is not installed"):
-        dvc_ops.dvc_command()
+        cli.dvc_command()
 
 
 def test_parse_overrides():
-    assert dvc_ops.parse_overrides(" train.lr=1e-3, train.lora.r=16 ") == ["train.lr=1e-3", "train.lora.r=16"]
+    assert overrides.parse_overrides(" train.lr=1e-3, train.lora.r=16 ") == ["train.lr=1e-3", "train.lora.r=16"]
     with pytest.raises(UserError, match="dotted.key=value"):
-        dvc_ops.parse_overrides("train.lr")
+        overrides.parse_overrides("train.lr")

@@ -144,7 +144,7 @@ async def test_j_judges_two_marked_experiments_and_opens_the_verdicts(repo, serv
         await pilot.pause(0.1)
         drawn = on_screen(app)
         flat = " ".join(drawn.split())
-        assert "warm over cold: 100 %" in flat and "over 4 verdicts" in flat and "0 invalid" in flat
+        assert "warm over cold: 100 %" in flat and "over 2 prompts" in flat and "0 invalid" in flat
         assert "cold shown first → verdict B: warm wins" in flat
         verdicts = str(eval_screen.query_one("#eval-verdicts").render())
         assert "[bold]B[/] sounds like Tenny \\x1b[2J" in verdicts and raw_controls(drawn) == []

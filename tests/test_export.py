@@ -196,7 +196,12 @@ def test_merged_folder_generates_what_base_plus_adapter_generates(project, capsy
     tok = load_tokenizer(project / "models/base", project / "models/adapter")
     adapted = PeftModel.from_pretrained(load_base_model(project / "models/base"), str(project / "models/adapter")).eval()
 
-    assert merged_tok.chat_template == tok.chat_template
+    # The exported template lays a chat out as training did; with no system turn, the trained one goes first.
+    asked = [{"role": "user", "content": "Topic 7?"}, {"role": "assistant", "content": "Fear."},
+             {"role": "user", "content": "And?"}]
+    with_system = [{"role": "system", "content": "Be short."}] + asked
+    assert chat_text(merged_tok, with_system, True) == chat_text(tok, with_system, True)
+    assert chat_text(merged_tok, asked, True) == chat_text(tok, [{"role": "system", "content": SYSTEM}] + asked, True)
     assert (merged_tok.eos_token, merged_tok.pad_token) == (tok.eos_token, tok.pad_token)
     assert merged.generation_config.eos_token_id == tok.eos_token_id
     assert merged.generation_config.pad_token_id == tok.pad_token_id

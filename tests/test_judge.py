@@ -24,14 +24,15 @@ from pipeline.cli import main as tenny  # noqa: E402
 from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.params import load_params, validate  # noqa: E402
 from pipeline.core.records import make_record, write_jsonl, write_records  # noqa: E402
-from pipeline.engines.judging import prompt_file  # noqa: E402
+from pipeline.engines.judging import formats, prompt_file  # noqa: E402
 from pipeline.engines.judging.runner import Answers, judge_answers, prepare  # noqa: E402
-from pipeline.engines.judging.stats import Z95, mean_interval, wilson  # noqa: E402
+from pipeline.engines.judging.stats import Z95, mean_interval, prompt_figures, wilson  # noqa: E402
 from pipeline.engines.judging.verdicts import parse_score, parse_verdict  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
 KEY = "sk-judge-DO-NOT-LEAK-93be0c1d"
+PROBE = 1  # the one request that asks a new server whether it takes response_format
 ITEMS = [Answers(f"Give me a cynical take on {t}.", f"base answer about {t}", f"ADAPTER answer about {t}")
          for t in ("airports", "gyms", "fridges")]
 
@@ -100,7 +101,10 @@ def serve():
     servers = []
 
     def start(responder) -> FakeOpenAI:
-        s = FakeOpenAI(responder=responder).start_in_thread()
+        def answer(body: dict) -> str:  # the judges below answer the response_format probe as a model would
+            return '{"winner": "tie", "reason": "probe"}' if body["messages"] == formats.PROBE else responder(body)
+
+        s = FakeOpenAI(responder=answer).start_in_thread()
         servers.append(s)
         return s
 
@@ -129,6 +133,10 @@ def test_a_judge_that_always_answers_a_cannot_move_the_result(project, serve):
     assert report["win_rate"] == 0.5 and report["position_bias"] == 1.0
     assert (report["n_prompts"], report["n_pairs"], report["invalid"]) == (3, 6, 0)
     assert (report["wins"], report["losses"], report["ties"]) == (3, 3, 0)
+    # by prompt: every prompt's two orders split, each scores 1/2
+    assert (report["prompts_judged"], report["prompt_splits"], report["consistency"]) == (3, 3, 0.0)
+    low, high = wilson(1.5, 3)
+    assert (report["win_rate_low"], report["win_rate_high"]) == (round(low, 4), round(high, 4))
     pairs = [r for r in rows if r["kind"] == "pair"]
     # every prompt in both orders, each verdict mapped to the side that was shown first
     for prompt in {i.prompt for i in ITEMS}:
@@ -142,8 +150,9 @@ def test_a_judge_that_prefers_the_adapter_gives_one_with_its_interval(project, s
     server = serve(prefers_adapter)
     report, rows = run_judge(server)
     assert report["win_rate"] == 1.0 and (report["wins"], report["losses"]) == (6, 0)
-    # Wilson at p = 1: [n / (n + z^2), 1]
-    assert report["win_rate_low"] == pytest.approx(6 / (6 + Z95 ** 2), abs=1e-4)
+    assert (report["prompt_wins"], report["consistency"]) == (3, 1.0)
+    # Wilson at p = 1 over the 3 prompts (not the 6 verdicts): [n / (n + z^2), 1]
+    assert report["win_rate_low"] == pytest.approx(3 / (3 + Z95 ** 2), abs=1e-4)
     assert report["win_rate_high"] == 1.0
     assert report["position_bias"] == 0.5  # half its picks were shown first, half second
     persona = report["persona"]
@@ -166,7 +175,7 @@ def test_garbage_replies_are_invalid_never_guessed(project, serve):
     assert report["persona"]["baseline"]["n"] == 0 and report["persona"]["baseline"]["mean"] is None
     assert all(r["verdict"] is None and r["winner"] is None and r["retried"] for r in rows if r["kind"] == "pair")
     # asked once, then once more with the follow-up turn: 12 verdict/score requests, 12 retries
-    assert report["requests"]["asked_again"] == 12 and server.stats.chat_ok == 24
+    assert report["requests"]["asked_again"] == 12 and server.stats.chat_ok == 24 + PROBE
 
 
 def test_an_unreadable_reply_is_asked_once_more(project, serve):
@@ -175,7 +184,7 @@ def test_an_unreadable_reply_is_asked_once_more(project, serve):
     report, rows = run_judge(server)
     assert report["invalid"] == 0 and report["win_rate"] == 0.5
     assert all(r["retried"] and r["status"] == "ok" for r in rows)
-    assert server.stats.chat_ok == 2 * len(rows)
+    assert server.stats.chat_ok == 2 * len(rows) + PROBE
     # the second request is the first exchange plus a follow-up turn, so the cache cannot replay the first reply
     second = [b for b in server.stats.bodies if any(m["role"] == "assistant" for m in b["messages"])]
     assert len(second) == len(rows)
@@ -187,12 +196,14 @@ def test_a_rerun_sends_no_request_and_the_key_is_written_nowhere(project, serve)
     server = serve(prefers_adapter)
     first, rows = run_judge(server)
     asked = server.stats.chat_requests
-    assert first["requests"]["sent"] == asked == 12 and first["cost_usd"] > 0
+    assert first["requests"]["sent"] == asked - PROBE == 12 and first["cost_usd"] > 0
     again, rows_again = run_judge(server)
     assert server.stats.chat_requests == asked
     assert again["requests"] == {**first["requests"], "sent": 0, "cached": 12}
-    assert again["cost_usd"] == 0 and again["cost_usd_cached"] == pytest.approx(first["cost_usd"])
-    strip = ("cost_usd", "cost_usd_cached", "requests", "tokens")
+    # the first run's cost also holds the response_format probe (one short request), never cached
+    assert again["cost_usd"] == 0 and again["cost_usd_cached"] == pytest.approx(first["cost_usd"], rel=0.03)
+    assert again["cost_usd_cached"] < first["cost_usd"]
+    strip = ("cost_usd", "cost_usd_cached", "requests", "tokens", "client")
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in first.items() if k not in strip}
     assert rows_again == rows
     for f in project.rglob("*"):
@@ -231,6 +242,73 @@ def test_verdicts_are_read_leniently_but_never_guessed(reply, verdict):
 ])
 def test_scores_are_whole_numbers_from_one_to_ten(reply, score):
     assert parse_score(reply)[0] == score
+
+
+def test_verdicts_are_asked_for_with_a_json_schema_where_the_server_takes_it(project, serve):
+    server = serve(always_a)
+    server.keep_bodies = True
+    report, _ = run_judge(server)
+    assert report["structured"] == 1 and report["invalid"] == 0
+    judged = [b for b in server.stats.bodies if b["messages"] != formats.PROBE]
+    assert len(judged) == 12
+    for body in judged:
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert set(schema["required"]) == ({"winner", "reason"} if is_pair(body) else {"score", "reason"})
+    memory = json.loads((project / ".tenny/judge-formats.json").read_text())
+    assert memory == {f"{server.url} judge-model": True}
+
+
+def test_a_server_that_rejects_response_format_is_judged_from_free_text_and_told_once(project, serve, capsys):
+    server = serve(prefers_adapter)
+    server.rejects = {"response_format"}
+    report, _ = run_judge(server)
+    assert report["structured"] == 0 and report["invalid"] == 0 and report["win_rate"] == 1.0
+    assert capsys.readouterr().err.count("rejects response_format") == 1
+    assert server.stats.faults["rejected_field"] == 1  # the probe only: every verdict was asked without it
+    run_judge(server, persona_score=False)  # remembered: no probe, no message
+    assert server.stats.faults["rejected_field"] == 1 and "rejects" not in capsys.readouterr().err
+
+
+def test_the_eval_screen_line_shows_the_win_rate_by_prompt_and_the_consistency(project, serve):
+    from tui.widgets.eval_judge import JudgeReport, summary_line
+
+    report, _ = run_judge(serve(always_a))
+    line = summary_line(JudgeReport(report))
+    assert line.startswith("adapter over base: 50 % (") and "over 3 prompts (both orders agree on 0 %)" in line
+    assert "position bias 100 %" in line
+
+
+def test_wilson_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for k, n in ((0, 5), (3, 3), (5, 10), (17, 40), (1, 2)):
+        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_prompt_figures_score_each_prompt_once():
+    per_prompt = [["adapter", "adapter"], ["adapter", "base"], ["tie", "tie"], ["base", None], [None, None]]
+    f = prompt_figures(per_prompt, "adapter", "base")
+    assert f["prompts_judged"] == 4  # the prompt with no valid verdict is not a unit
+    assert f["win_rate"] == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    assert (f["prompt_wins"], f["prompt_losses"], f["prompt_splits"]) == (1, 1, 1)
+    assert f["consistency"] == pytest.approx(2 / 3, abs=1e-4)  # of the 3 prompts with both orders valid, 2 agree
+    low, high = wilson(2.0, 4)
+    assert (f["win_rate_low"], f["win_rate_high"]) == (round(low, 4), round(high, 4))
+
+
+def test_the_key_is_not_in_a_repr_and_the_cache_key_covers_the_server(project, serve, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    first, other = serve(prefers_adapter), serve(always_a)
+    params = validate({"eval": {"judge": judge_params(first)}})
+    judge = prepare(params.eval.judge)
+    assert KEY not in repr(judge) and KEY not in str(judge)
+    a, _ = run_judge(first)
+    b, _ = run_judge(other)  # same model name, another server: asked again, not served old verdicts
+    assert other.stats.chat_requests == 12 + PROBE and b["requests"]["cached"] == 0
+    assert a["win_rate"] == 1.0 and b["win_rate"] == 0.5
+    assert KEY not in caplog.text
 
 
 def test_wilson_and_mean_intervals():
@@ -282,7 +360,7 @@ def test_eval_stage_writes_judge_json_off_and_on(project, serve):
     train.run(p)
     evaluate.run(p)
     assert json.loads((project / "reports/judge.json").read_text()) == {"model": None, "n_pairs": 0}
-    assert (project / "reports/judgments.jsonl").read_text() == ""
+    assert [json.loads(x)["kind"] for x in (project / "reports/judgments.jsonl").read_text().splitlines()] == ["off"]
 
     server = serve(always_a)
     p = load_params(project / "params.yaml", overrides + ["eval.judge.model=judge-model", f"eval.judge.base_url={server.url}"])

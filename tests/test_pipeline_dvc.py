@@ -1,8 +1,10 @@
 """The whole pipeline under real git and real DVC, on tiny data and the tiny model.
 
 What a new user relies on: `dvc repro` produces a dataset, an adapter and an
-eval report; a second `dvc repro` does nothing; `dvc exp run -S` re-runs only
-what the changed param feeds; metrics and plots are visible to DVC.
+eval report; a second `dvc repro` does nothing; a teammate's fresh clone after
+`dvc pull` is up to date; `dvc exp run -S` re-runs only what the changed param
+feeds; a code change the train stage depends on trains anew; metrics and plots
+are visible to DVC.
 """
 
 from __future__ import annotations
@@ -99,6 +101,33 @@ def test_second_repro_does_nothing(repo):
     assert json.loads(status.stdout) == {}
 
 
+def test_judge_off_leaves_no_empty_output_warning(repo):
+    root, first = repo  # params.yaml sets no eval.judge.model: the judge is off
+    assert "judgments.jsonl' is empty" not in first.stdout + first.stderr
+    assert [json.loads(x)["kind"] for x in (root / "reports/judgments.jsonl").read_text().splitlines()] == ["off"]
+
+
+def commit(root, message: str) -> None:
+    sh(["git", "add", "-A"], root)
+    sh(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", message], root)
+
+
+def test_a_fresh_clone_after_dvc_pull_is_up_to_date(repo, tmp_path):
+    """Checkpoints are a run's scratch outside DVC: a clone that pulls every output has nothing to re-run."""
+    root, _ = repo
+    sh(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], root)
+    commit(root, "a reproduced pipeline")
+    sh(["dvc", "push"], root)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    sh(["dvc", "pull"], clone)
+    assert json.loads(sh(["dvc", "status", "--json"], clone).stdout) == {}
+    again = sh(["dvc", "repro"], clone)
+    assert "Running stage" not in again.stdout
+    adapter = "models/adapter/adapter_model.safetensors"
+    assert (clone / adapter).read_bytes() == (root / adapter).read_bytes()
+
+
 def test_metrics_and_plots_visible_to_dvc(repo):
     root, _ = repo
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], root).stdout)
@@ -111,8 +140,7 @@ def test_metrics_and_plots_visible_to_dvc(repo):
 
 def test_exp_run_with_set_reruns_only_downstream(repo):
     root, _ = repo
-    sh(["git", "add", "-A"], root)
-    sh(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "v1"], root)
+    commit(root, "v1")
     exp = sh(["dvc", "exp", "run", "-S", "train.lora.r=4"], root)
     assert "Running stage 'train'" in exp.stdout and "Running stage 'eval'" in exp.stdout
     assert "Running stage 'synthesize'" not in exp.stdout and "Running stage 'build'" not in exp.stdout
@@ -120,11 +148,25 @@ def test_exp_run_with_set_reruns_only_downstream(repo):
     assert "train.lora.r" in json.dumps(shown) or '"r": 4' in json.dumps(shown)
 
 
-def test_checkpoints_survive_repro_and_a_forced_rerun_resumes(repo):
-    """models/checkpoints is persist: DVC keeps it, so a re-run (here forced) continues the same run."""
-    root, _ = repo
-    adapter = (root / "models/adapter/adapter_model.safetensors").read_bytes()
-    forced = sh(["dvc", "repro", "--force", "--single-item", "train"], root)
-    assert "train: resuming from step" in forced.stdout
-    assert (root / "models/adapter/adapter_model.safetensors").read_bytes() == adapter
+def trained_anew(root) -> dict:
+    """training.json of the run that just ended, checked to have taken every step from the start."""
+    info = json.loads((root / "models/adapter/training.json").read_text())
+    status = json.loads((root / "dvclive/run.json").read_text())
+    assert info["resumed_from_step"] is None and info["steps"] == status["total_steps"] > 1
+    steps = [int(r.split("\t")[0]) for r in (root / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, info["steps"] + 1))
+    return info
 
+
+def test_a_code_change_and_a_forced_rerun_train_every_step_again(repo):
+    """A finished run is never a resume point: new code (or --force) trains from step 0."""
+    root, _ = repo
+    with open(root / "pipeline/engines/packing.py", "a") as fh:
+        fh.write("# a one-line change to a module the train stage imports\n")
+    changed = sh(["dvc", "repro", "train"], root)
+    assert "Running stage 'train'" in changed.stdout and "resuming" not in changed.stdout
+    trained_anew(root)
+    forced = sh(["dvc", "repro", "--force", "--single-item", "train"], root)
+    assert "Running stage 'train'" in forced.stdout and "resuming" not in forced.stdout
+    trained_anew(root)
+    assert not list((root / ".tenny/checkpoints").glob("run-*")), "finished runs leave no checkpoints"

@@ -452,7 +452,7 @@ async def test_screen_pushed_from_another_app(files):
 def test_command_line_errors_before_the_screen_opens(tmp_path):
     import argparse
 
-    from pipeline.commands import review as review_command
+    from tui.commands import review as review_command
     from pipeline.core.errors import UserError
 
     parser = argparse.ArgumentParser()

@@ -235,6 +235,35 @@ def test_training_finished_in_train_watch(tmp_path, monkeypatch, snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=lambda pilot: _run_shown(pilot, tmp_path, 200))
 
 
+# Answers a persona run gave while it trained: the voice arriving, round by round.
+TRAINING_ANSWERS = {
+    40: ("Airports are big buildings where planes land and people wait.", "Mondays are the first day of the week."),
+    80: ("Airports: where you pay nine dollars to wait for a delay.", "Monday is a deadline wearing a tie."),
+    120: ("Airports sell you hope at gate 12 and refund it as a voucher.", "Monday: the printer knows, and it waits."),
+}
+
+
+def test_training_answers_of_a_finished_run(tmp_path, monkeypatch, snap_compare):
+    """`tenny train-watch`, a finished run, `a` for its answers: the newest round, one step back with ←."""
+    from test_train_watch import write_samples
+
+    d = tmp_path / "dvclive"
+    training_run(d, status="finished", step=200)
+    write_samples(d, [{"step": step, "prompt": prompt, "answer": answer, "eos": step > 40,
+                       "tokens": 48 if step == 40 else 14, "repeated_4grams": 0}
+                      for step, pair in TRAINING_ANSWERS.items()
+                      for prompt, answer in zip(("Give me a cynical take on airports.", "What about Mondays?"), pair)])
+    _frozen_clock(monkeypatch, STARTED + 3600.0)
+    app = TrainWatchApp(d, interval=0.05, nvml=NoGpu())
+
+    async def answers_shown(pilot):
+        await _run_shown(pilot, tmp_path, 200)
+        await pilot.press("a", "left")
+        await _steady(pilot, tmp_path)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=answers_shown)
+
+
 # ---------------------------------------------------------------- diff
 
 
@@ -319,13 +348,13 @@ def _pinned_exp_show(real):
 
 
 def test_experiments_with_two_marked(versions, tmp_path, monkeypatch, snap_compare):
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import experiments, runs
 
     repo = fresh(versions, tmp_path / "r")
     for lr in ("0.01", "0.05"):
         lines: list[str] = []
-        assert dvc_ops.stream(dvc_ops.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
-    monkeypatch.setattr(dvc_ops, "exp_show", _pinned_exp_show(dvc_ops.exp_show))
+        assert runs.stream(runs.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
+    monkeypatch.setattr(experiments, "exp_show", _pinned_exp_show(experiments.exp_show))
 
     async def marked(pilot):
         screen = pilot.app.screen

@@ -5,6 +5,7 @@ continuing an adapter, and data-parallel runs through `accelerate launch`."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -13,14 +14,16 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.params import load_params
-from pipeline.engines import checkpoints
+from pipeline.engines import checkpoints, run_identity
+from pipeline.core.records import make_record
 from pipeline.engines.modeling import IGNORE_INDEX, encode_example, train_tiny_tokenizer
 from pipeline.engines.packing import PackedCollator, PaddedCollator, as_dataset, pack
 from pipeline.stages import base, train
 from conftest import BIN, env_with_bin
-from test_training import TEXTS, final_data, lora_weights
+from test_training import TEXTS, final_data, lora_weights, run_dirs, sigterm_during_step
 
 TINY = {"base_model": "tiny", "lora": {"target_modules": [], "dropout": 0.1}, "batch_size": 1,
         "max_seq_len": 40, "lr": 0.01, "eval_every": 3}
@@ -36,10 +39,10 @@ def tenny(root, *args, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=300, **kw)
 
 
-def train_here(root, **train_params) -> None:
+def train_here(root, **train_params) -> int:
     """`tenny train` in this process (no interpreter start-up): what the subprocess tests cannot need."""
     write_params(root, **train_params)
-    train.run(load_params(root / "params.yaml"))
+    return train.run(load_params(root / "params.yaml"))
 
 
 @pytest.fixture
@@ -156,8 +159,8 @@ def test_masked_tokens_are_exactly_the_non_answer_ones():
     learned = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
     masked = tok.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX])
     # The fallback template: "Assistant:" opens a turn the model does not write; content + EOS is the answer.
-    assert learned == f" printers sense fear{eos}\n deadlines{eos}"
-    assert masked == "Be dry.\n\nUser: Topic?\nAssistant:User: More?\nAssistant:"
+    assert learned == f" printers sense fear{eos} deadlines{eos}"  # each turn through its turn end (turn_end.py)
+    assert masked == "Be dry.\n\nUser: Topic?\nAssistant:\nUser: More?\nAssistant:"
 
 
 # ---------------------------------------------------------------- checkpoints and resume
@@ -174,9 +177,10 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter(project, c
     proc.wait(60)
     assert proc.returncode == -signal.SIGKILL
     assert not (project / "models/adapter").exists()
-    run_dir = next((project / "models/checkpoints").iterdir())
+    (run_dir,) = run_dirs(project)
     sealed = [c.step for c in checkpoints.complete(run_dir)]
     assert 4 in sealed and len(sealed) <= 2
+    (project / "dvclive/metrics.json").write_text('{"step": ')  # as if the kill landed mid-write of dvclive's summary
 
     capsys.readouterr()
     train.run(load_params(project / "params.yaml"))  # the same `tenny train`, in this process
@@ -187,9 +191,13 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter(project, c
     steps = [int(r.split("\t")[0]) for r in (project / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 10)), "the plot has each step once, killed run and resumed run together"
     after_resume = lora_weights(project / "models/adapter")
+    assert json.loads((project / "models/adapter/training.json").read_text())["resumed_from_step"] == at
+    assert run_dirs(project) == [], "the finished run's checkpoints are gone"
 
-    shutil.rmtree(project / "models/checkpoints")
-    train_here(project, max_steps=9, save_every=2, keep_checkpoints=2, resume="never")
+    capsys.readouterr()
+    train.run(load_params(project / "params.yaml"))  # the same identity again: a finished run is no resume point
+    assert "resuming" not in capsys.readouterr().out
+    assert json.loads((project / "models/adapter/training.json").read_text())["resumed_from_step"] is None
     uninterrupted = lora_weights(project / "models/adapter")
     assert after_resume.keys() == uninterrupted.keys()
     worst = max(float((after_resume[k] - uninterrupted[k]).abs().max()) for k in after_resume)
@@ -208,41 +216,150 @@ def test_sigterm_saves_a_checkpoint_and_stops(project):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "saving a checkpoint" in out and "run `tenny train` again" in out
-    run_dir = next((project / "models/checkpoints").iterdir())
+    (run_dir,) = run_dirs(project)
     (ckpt,) = checkpoints.complete(run_dir)
     assert 0 < ckpt.step < 400
     assert json.loads((project / "dvclive/run.json").read_text())["status"] == "interrupted"
 
 
-def test_checkpoints_of_another_run_are_ignored_with_a_note(project, capsys):
-    train_here(project, max_steps=2, save_every=1)
+def identity_of(root, p, processes=1, cache_file=None) -> run_identity.RunIdentity:
+    init = root / p.train.init_adapter if p.train.init_adapter else None
+    return run_identity.identify(p.train.model_dump(mode="json"), [root / paths.TRAIN, root / paths.VAL],
+                                 root / paths.BASE_DIR, init, processes, cache_file)
+
+
+def test_a_second_signal_during_the_save_lets_the_checkpoint_finish(project, capsys, monkeypatch):
+    real_seal = checkpoints.mark_complete
+
+    def seal_interrupted(folder, info):  # Ctrl-C again while the checkpoint is being written
+        signal.raise_signal(signal.SIGINT)
+        real_seal(folder, info)
+
+    sigterm_during_step(monkeypatch, 2)
+    monkeypatch.setattr(checkpoints, "mark_complete", seal_interrupted)
+    assert train_here(project, max_steps=4, save_every=10) == 128 + signal.SIGTERM
+    assert "SIGINT: stopping as soon as the checkpoint being saved is complete" in capsys.readouterr().out
+    (run_dir,) = run_dirs(project)
+    assert [c.step for c in checkpoints.complete(run_dir)] == [2]
+
+
+def test_checkpoints_of_another_identity_are_ignored_naming_what_differs(project, capsys, monkeypatch):
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 2)
+        assert train_here(project, max_steps=4, save_every=10) == 128 + signal.SIGTERM
+    (stopped,) = run_dirs(project)
+    assert [c.step for c in checkpoints.complete(stopped)] == [2]
+
+    # Other data (one sample more) and other params: two other runs, each told apart by name.
+    with open(project / "data/final/train.jsonl", "a") as fh:
+        fh.write(json.dumps(make_record(text="One sample more: printers sense fear.")) + "\n")
     capsys.readouterr()
-    train_here(project, max_steps=2, save_every=1, lr=0.02)  # another run: other params
+    train_here(project, max_steps=1, lr=0.02)
     out = capsys.readouterr().out
-    assert "ignoring checkpoints of another run" in out and "resuming" not in out
-    assert len(list((project / "models/checkpoints").iterdir())) == 2
+    # (", code" too when the tree's code changed in between: a shared working tree)
+    assert re.search(rf"ignoring checkpoints of another run in {re.escape(str(stopped.relative_to(project)))}/ "
+                     r"\(step 2\): its params(, data and code| and data) differ", out), out
+    assert "resuming" not in out
+    assert json.loads((project / "models/adapter/training.json").read_text())["resumed_from_step"] is None
+    assert run_dirs(project) == [stopped], "the finished run is gone, the stopped one is left as it was"
 
 
-def test_an_incomplete_checkpoint_is_never_resumed(project):
-    train_here(project, max_steps=3, save_every=1, keep_checkpoints=3)
-    run_dir = next((project / "models/checkpoints").iterdir())
+def test_the_identity_covers_code_base_init_adapter_and_processes(project, tmp_path, monkeypatch):
+    import os
+
+    from pipeline.engines import code_closure
+
+    p = load_params(project / "params.yaml")
+    mine = identity_of(project, p)
+    assert identity_of(project, p) == mine, "the same inputs, the same identity"
+    assert run_identity.difference_note(mine, identity_of(project, p, processes=2).parts) == \
+        "its processes (2 vs 1) differs"
+    # Bookkeeping knobs are no part of it; a knob that moves weights is.
+    later = load_params(project / "params.yaml", ["train.save_every=7", "train.keep_checkpoints=5", "train.resume=never"])
+    assert identity_of(project, later) == mine
+    assert identity_of(project, load_params(project / "params.yaml", ["train.seed=1"])).differs(mine.parts) == ["params"]
+    # One byte of the base's weights; through the digest cache a run start keeps (a base of an hour ago).
+    hour_ago = os.stat(project / paths.TRAIN).st_mtime_ns - 3600 * 10**9
+    for f in [*(project / paths.BASE_DIR).iterdir(), project / paths.TRAIN, project / paths.VAL]:
+        os.utime(f, ns=(hour_ago, hour_ago))
+    cache, reads = tmp_path / "hashes.json", []
+    real_digest = run_identity.file_digest
+    monkeypatch.setattr(run_identity, "file_digest", lambda f: reads.append(f.name) or real_digest(f))
+    assert identity_of(project, p, cache_file=cache) == mine and reads
+    reads.clear()
+    assert identity_of(project, p, cache_file=cache) == mine and reads == [], "the second start reads nothing"
+    weights = next(f for f in (project / paths.BASE_DIR).iterdir() if f.suffix == ".safetensors")
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    assert identity_of(project, p, cache_file=cache).differs(mine.parts) == ["base"]
+    assert reads == [weights.name], "only the changed file is read again"
+    weights.write_bytes(original)
+    # The adapter a run continues from.
+    train_here(project, max_steps=1)
+    cont = load_params(project / "params.yaml", ["train.init_adapter=models/adapter"])
+    assert "init_adapter" in identity_of(project, cont).differs(mine.parts)
+    # A one-line change to any module the train stage imports: a copy of the code, packing.py changed.
+    code = tmp_path / "code"
+    for pkg in ("pipeline", "tui"):
+        shutil.copytree(code_closure.CODE_ROOT / pkg, code / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_closure.code_digests(run_identity.TRAIN_MODULE, code)
+    assert "pipeline/engines/packing.py" in before and "pipeline/stages/train.py" in before
+    with open(code / "pipeline/engines/packing.py", "a") as fh:
+        fh.write("# one line\n")
+    after = code_closure.code_digests(run_identity.TRAIN_MODULE, code)
+    assert [f for f in before if before[f] != after[f]] == ["pipeline/engines/packing.py"]
+    assert "pipeline/commands/diff.py" not in before, "code the stage never imports is no part of it"
+
+
+def test_an_incomplete_checkpoint_is_never_resumed(project, capsys, monkeypatch):
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 3)
+        train_here(project, max_steps=5, save_every=1, keep_checkpoints=3)
+    (run_dir,) = run_dirs(project)
     newest = run_dir / "checkpoint-3"
     (newest / checkpoints.MARKER).unlink()  # as if killed mid-save
-    (run_dir / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"half")
+    (newest / "adapter_model.safetensors").write_bytes(b"half")
     assert [c.step for c in checkpoints.complete(run_dir)] == [1, 2]
-    p = load_params(project / "params.yaml")
-    assert train.resume_point(p.train, run_dir).step == 2
+    capsys.readouterr()
+    train_here(project, max_steps=5, save_every=1, keep_checkpoints=3)
+    assert "resuming from step 2" in capsys.readouterr().out
 
 
-def test_a_named_checkpoint_of_another_lora_shape_is_refused(project):
-    train_here(project, max_steps=1, save_every=1)
-    ckpt = checkpoints.complete(next((project / "models/checkpoints").iterdir()))[-1]
+def test_a_named_checkpoint_resumes_its_own_run_only(project, capsys, monkeypatch):
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 1)
+        train_here(project, max_steps=3, save_every=1)
+    (run_dir,) = run_dirs(project)
+    ckpt = checkpoints.complete(run_dir)[-1]
     p = load_params(project / "params.yaml", [f"train.resume={ckpt.path}", "train.lora.r=4"])
-    with pytest.raises(UserError, match=r"checkpoint-1: made for base 'tiny' with LoRA .*'r': 8.*refused"):
-        train.resume_point(p.train, project / "models/checkpoints/run-x")
+    with pytest.raises(UserError, match=r"checkpoint-1: a checkpoint of another run \(its params (differs|and code differ)\); refused.*"
+                                        r"train\.init_adapter"):
+        train.resume_point(p.train, project / "x", identity_of(project, p))
     p = load_params(project / "params.yaml", [f"train.resume={project}"])
     with pytest.raises(UserError, match="not a complete tenny checkpoint"):
-        train.resume_point(p.train, project / "models/checkpoints/run-x")
+        train.resume_point(p.train, project / "x", identity_of(project, p))
+    capsys.readouterr()
+    train_here(project, max_steps=3, save_every=1, resume=str(ckpt.path))  # its own run: taken
+    assert "resuming from step 1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def test_warmup_takes_its_ratio_of_the_steps_then_decays_linearly(project):
+    """train.warmup_ratio means the same steps on every transformers version pyproject allows
+    (4.x reads a float warmup_steps as a step count, 5.x below 1 as a ratio): the stage passes an int."""
+    assert train.warmup_steps(0.05, 84) == 5 and train.warmup_steps(0.0, 84) == 0 and train.warmup_steps(0.2, 10) == 2
+    p = load_params(project / "params.yaml", ["train.max_steps=84", "train.warmup_ratio=0.05"])
+    given = train.training_arguments(p.train, project / "out", "cpu", evaluate=False).warmup_steps
+    assert given == 5 and isinstance(given, int), "a step count, never the ratio itself"
+    train_here(project, max_steps=10, warmup_ratio=0.2, lr=0.01, lr_scheduler="linear", eval_every=100)
+    rows = (project / "dvclive/plots/metrics/train/lr.tsv").read_text().splitlines()[1:]
+    logged = {int(step): float(lr) for step, lr in (r.split("\t") for r in rows)}
+    # Logged at each step: the rate that step took, by hand: 2 warmup steps rising from 0 (k = steps
+    # taken before), the peak at the third, then linearly down towards 0 at step 10.
+    by_hand = {k + 1: 0.01 * k / 2 if k < 2 else 0.01 * (10 - k) / (10 - 2) for k in range(10)}
+    assert logged == pytest.approx(by_hand, abs=1e-9)
 
 
 # ---------------------------------------------------------------- continue from an adapter
@@ -274,43 +391,85 @@ def test_target_modules_take_peft_suffixes(project):
 # ---------------------------------------------------------------- several processes
 
 
+def loss_rows(root) -> list[tuple[int, float]]:
+    lines = (root / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    return [(int(step), float(loss)) for step, loss in (line.split("\t") for line in lines)]
+
+
 @pytest.mark.slow
-def test_two_processes_follow_the_same_loss_curve_as_one(project):
-    """DDP over 2 CPU processes at the same global batch: the same losses; only the main process writes."""
-    train_here(project, max_steps=4, batch_size=4, packing=False, save_every=2,
-               lora={"target_modules": [], "dropout": 0.0})
-    curve_one = (project / "dvclive/plots/metrics/train/loss.tsv").read_text()
-    shutil.rmtree(project / "models/checkpoints")
+def test_two_processes_stop_together_on_one_signal_and_resume_to_the_one_process_adapter(project):
+    """DDP over 2 CPU processes (gloo) at one process's global batch. SIGTERM to ONE rank: both stop
+    after the same step, with one complete checkpoint (both ranks' RNG states in it), and exit.
+    The resumed run follows one process's loss curve, each step once, and ends at its adapter;
+    only the main process reports and writes."""
+    import psutil
+
+    steps = 8
+    common = dict(max_steps=steps, packing=False, save_every=1000, log_every=1, lora={"target_modules": [], "dropout": 0.0})
+    train_here(project, batch_size=4, **common)
+    curve_one = loss_rows(project)
+    adapter_one = lora_weights(project / "models/adapter")
     shutil.rmtree(project / "dvclive")
 
-    write_params(project, max_steps=4, batch_size=2, packing=False, save_every=2, lora={"target_modules": [], "dropout": 0.0})
+    write_params(project, batch_size=2, **common)
     # accelerate 1.x runs `--cpu --num_processes 2` as ONE process; --multi_gpu launches N
     # processes through torchrun, which on a machine without a GPU train on the CPU over gloo.
-    two = subprocess.run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(BIN / "tenny"), "train"],
-                         cwd=project, env={**env_with_bin(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", str(BIN / "tenny"), "train"]
+    env = {**env_with_bin(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(launch, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while "loss=" not in proc.stderr.read(64):  # the main process's bar: step 1 is done
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+        workers = {p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "tenny" in " ".join(p.cmdline()) and p.environ().get("RANK") is not None}
+        # Hold rank 0 so the run cannot end before rank 1 has its signal; rank 1 waits for it in the
+        # next collective, then takes SIGTERM. Rank 0 never receives one.
+        workers["0"].suspend()
+        workers["1"].send_signal(signal.SIGTERM)
+        workers["0"].resume()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, "the launcher reports the interrupted run"
+    assert out.count("SIGTERM: saving a checkpoint after this step") == 1, out + err[-3000:]
+    (run_dir,) = run_dirs(project)
+    (ckpt,) = checkpoints.complete(run_dir)
+    assert 1 <= ckpt.step < steps
+    assert sorted(f.name for f in ckpt.path.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert f"stopped at step {ckpt.step}" in out
+    assert not psutil.pid_exists(workers["0"].pid) or workers["0"].status() == psutil.STATUS_ZOMBIE
+    assert json.loads((project / "dvclive/run.json").read_text())["status"] == "interrupted"
+
+    two = subprocess.run(launch, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("train: 4 steps") == 1, "one process reports and writes"
+    assert two.stdout.count(f"resuming from step {ckpt.step}") == 1 and "ignoring" not in two.stdout
+    assert two.stdout.count(f"train: {steps} steps") == 1, "one process reports and writes"
     assert "2 processes" in two.stdout
-    rows_one = [r.split("\t") for r in curve_one.splitlines()[1:]]
-    rows_two = [r.split("\t") for r in (project / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
-    assert [r[0] for r in rows_two] == [r[0] for r in rows_one]
-    for (_, a), (_, b) in zip(rows_one, rows_two):
-        assert float(a) == pytest.approx(float(b), abs=1e-4)
-    run_dir = next((project / "models/checkpoints").iterdir())
-    assert [c.step for c in checkpoints.complete(run_dir)] == [2, 4]
+    curve_two = loss_rows(project)
+    assert [s for s, _ in curve_two] == [s for s, _ in curve_one] == list(range(1, steps + 1))
+    assert [loss for _, loss in curve_two] == pytest.approx([loss for _, loss in curve_one], abs=1e-4)
+    adapter_two = lora_weights(project / "models/adapter")
+    worst = max(float((adapter_two[k] - adapter_one[k]).abs().max()) for k in adapter_one)
+    assert worst <= 1e-4, f"stopped and resumed on 2 processes, the adapter differs from 1 process by {worst}"
+    info = json.loads((project / "models/adapter/training.json").read_text())
+    assert info["processes"] == 2 and info["run_identity"]["parts"]["processes"] == 2
+    assert run_dirs(project) == []
 
 
 # ---------------------------------------------------------------- bad input
 
 
-def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(project, capsys):
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(project, capsys, monkeypatch):
     import resource
 
-    train_here(project, max_steps=3, save_every=1, keep_checkpoints=3)
-    run_dir = next((project / "models/checkpoints").iterdir())
-    shutil.rmtree(run_dir / "checkpoint-3")  # as if the run had died before its last save
+    train_here(project, max_steps=1)  # an adapter a failed run must leave alone
     adapter_before = lora_weights(project / "models/adapter")
+    with monkeypatch.context() as m:  # a run stopped after its checkpoint at step 2
+        sigterm_during_step(m, 2)
+        train_here(project, max_steps=3, save_every=1, keep_checkpoints=3)
+    (run_dir,) = run_dirs(project)
 
     def small_files_only():  # a write past 4 KiB fails as on a full disk (EFBIG instead of ENOSPC)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -280,3 +280,99 @@ def test_a_resumed_run_says_from_which_step(tmp_path, capsys):
     p = ProgressReader(d).poll()
     assert p.resumed_from_step == 40
     assert "step 40" in render_stats(p).plain.split("resumed from")[1]
+
+
+# ---------------------------------------------------------------- answers while it trains
+
+
+def write_samples(d: Path, rows: list[dict], mode: str = "a", tail: str = "") -> None:
+    """dvclive/samples.jsonl as the train stage appends it (engines/train_samples.py): whole lines."""
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / rs.SAMPLES, mode) as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+
+def answers(step: int, *texts: str, eos: bool = True) -> list[dict]:
+    return [{"step": step, "prompt": f"Prompt {i}?", "answer": t, "eos": eos, "tokens": 5, "repeated_4grams": 0}
+            for i, t in enumerate(texts)]
+
+
+def test_reader_follows_the_answers(tmp_path):
+    d = tmp_path / "dvclive"
+    reader = ProgressReader(d)
+    assert reader.poll().samples == []
+    write_samples(d, answers(10, "Beep.", "Boop."), tail='{"step": 20, "prompt": "Pro')  # a line mid-write
+    p = reader.poll()
+    assert p.sample_steps() == [10] and [r["answer"] for r in p.answers_at(10)] == ["Beep.", "Boop."]
+    write_samples(d, [], tail='mpt 0?", "answer": "Printers sense fear.", "eos": true}\n')
+    assert reader.poll().sample_steps() == [10, 20]
+    # A resumed run rewrites the file without what the killed run wrote past its checkpoint.
+    write_samples(d, answers(10, "Beep.", "Boop."), mode="w")
+    assert reader.poll().sample_steps() == [10]
+
+
+def test_cli_prints_the_answers(tmp_path, capsys):
+    d = tmp_path / "dvclive"
+    assert cli.main(["--params", "none.yaml", "train-watch", "--samples", "--dir", str(d)]) == 0
+    assert "no answers yet" in capsys.readouterr().out
+    write_samples(d, answers(10, "Beep.\x1b[31m", eos=False) + answers(20, "Printers sense fear."))
+    write_run(d, status="finished", step=20, total_steps=20)
+    assert cli.main(["--params", "none.yaml", "train-watch", "--samples", "--dir", str(d)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "step 10" and out[2] == "step 20"
+    assert "Prompt 0? → Beep." in out[1] and "\x1b" not in out[1] and "no EOS" in out[1]
+    assert out[3].strip() == "Prompt 0? → Printers sense fear."
+
+
+async def test_monitor_steps_through_the_answers(tmp_path):
+    from tui.app import TrainWatchApp
+
+    d = tmp_path / "dvclive"
+    write_run(d, status="running", step=20, total_steps=40)
+    app = TrainWatchApp(d, interval=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if screen.progress:
+                break
+        assert screen.check_action("answers", ()) is False, "no answers yet: the key is not offered"
+        write_samples(d, answers(10, "Beep.") + answers(20, "Printers sense fear."))
+        panel = screen.query_one("#train-samples")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if panel.steps == [10, 20]:
+                break
+        assert screen.check_action("answers", ())
+        await pilot.press("a")
+        assert panel.display and not screen.query_one("#train-main").display
+        text = lambda: str(screen.query_one("#samples-text").render())  # noqa: E731
+        assert "step 20" in text() and "Printers sense fear." in text()
+        await pilot.press("left")
+        assert "step 10" in text() and "Beep." in text() and "round 1 of 2" in text()
+        write_samples(d, answers(30, "Deadlines sense printers."))
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if 30 in panel.steps:
+                break
+        assert "step 10" in text(), "a person looking back is not pulled forward"
+        await pilot.press("right", "right")
+        assert "step 30" in text() and "Deadlines" in text()
+        await pilot.press("a")
+        assert not panel.display and screen.query_one("#train-main").display
+
+
+def test_the_kept_step_of_early_stopping_is_shown(tmp_path, capsys):
+    from tui.screens.train_monitor import render_header, render_stats
+
+    d = tmp_path / "dvclive"
+    write_run(d, status="running", step=30, total_steps=90, best_step=20, best_val_loss=1.5)
+    p = ProgressReader(d).poll()
+    assert "best so far" in render_stats(p).plain and "step 20" in render_stats(p).plain
+    reason = "val loss did not improve by more than 0 for 2 evaluations after step 20: stopped at step 40"
+    write_run(d, status="finished", step=40, total_steps=90, kept_step=20, stop_reason=reason)
+    p = ProgressReader(d).poll()
+    assert "kept step" in render_stats(p).plain and "20 (best val loss)" in render_stats(p).plain
+    assert "early stopping: " + reason in render_header(p).plain
+    assert cli.main(["--params", "none.yaml", "train-watch", "--once", "--dir", str(d)]) == 0
+    assert "kept step 20 (best val loss)" in capsys.readouterr().out

@@ -4,14 +4,15 @@ and the packaged SmolLM2 taking a LoRA step."""
 from __future__ import annotations
 
 import json
-import shutil
+import signal
 
 import pytest
 import torch
 
+from pipeline.core import paths
 from pipeline.core.params import load_params
 from pipeline.core.records import make_record, write_records
-from pipeline.engines.modeling import IGNORE_INDEX, encode_example, load_base_model, train_tiny_tokenizer
+from pipeline.engines.modeling import IGNORE_INDEX, TooLong, encode_example, load_base_model, train_tiny_tokenizer
 from pipeline.stages import base, train
 from pipeline.stages import eval as evaluate
 
@@ -62,9 +63,35 @@ def test_labels_mask_prompts_and_non_assistant_turns():
     assert "printers sense fear" in learned and "deadlines" in learned
     assert "Be dry" not in learned and "Topic" not in learned and "More" not in learned
     assert ids[-1] == tok.eos_token_id and labels[-1] == tok.eos_token_id
-    # Truncation keeps the first max_len tokens of both.
-    short_ids, short_labels = encode_example(chat, tok, 5)
-    assert short_ids == ids[:5] and short_labels == labels[:5]
+    # Longer than max_len: never cut (a cut sample loses its turn end); train leaves it out, counted.
+    with pytest.raises(TooLong, match=f"{len(ids)} tokens, longer than 5"):
+        encode_example(chat, tok, 5)
+
+
+def sigterm_during_step(monkeypatch, step: int) -> None:
+    """A real SIGTERM to this process while it takes optimizer step ``step`` (an in-process `tenny train`).
+
+    The stage's own handler takes it: the run finishes the step, saves checkpoint
+    ``step`` and returns 143, as a run killed politely by a scheduler does.
+    """
+    from transformers import Trainer
+
+    original = Trainer.training_step
+    sent = []
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step == step - 1 and not sent:
+            sent.append(step)
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+
+
+def run_dirs(root) -> list:
+    """The run folders under .tenny/checkpoints/ (each run identity has one)."""
+    folder = root / paths.CHECKPOINTS_DIR
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def lora_weights(folder) -> dict:
@@ -88,7 +115,14 @@ def test_tiny_training_is_seeded_and_logs_live_metrics(tiny_project):
     eval_steps = [r.split("\t")[0] for r in (tiny_project / "dvclive/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]]
     assert eval_steps == ["2", "4"]
 
-    train.run(p)
+    info = json.loads((tiny_project / "models/adapter/training.json").read_text())
+    assert info["steps"] == 4 and info["resumed_from_step"] is None
+    assert info["run_identity"]["parts"]["processes"] == 1 and len(info["run_identity"]["id"]) == 16
+    assert run_dirs(tiny_project) == [], "a finished run leaves no checkpoints behind"
+
+    train.run(p)  # a finished run is no resume point: all 4 steps again, from the same seed
+    info = json.loads((tiny_project / "models/adapter/training.json").read_text())
+    assert info["steps"] == 4 and info["resumed_from_step"] is None
     second = lora_weights(tiny_project / "models/adapter")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first), "same seed, same data: same adapter"
@@ -119,16 +153,16 @@ def small_llama(in_tmp):
 
 
 @pytest.mark.parametrize("quantization, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
-def test_qlora_through_bitsandbytes_on_cpu(small_llama, quantization, layer):
+def test_qlora_through_bitsandbytes_on_cpu(small_llama, quantization, layer, monkeypatch):
     p = params_for(small_llama, base_model="llama-local", quantization=quantization, max_steps=2, batch_size=4,
                    save_every=1)
     base.run(p)
     model = load_base_model(small_llama / "models/base", quantization, "cpu")
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer
-    train.run(p)
-    # Packed rows and checkpoints work on a k-bit base too: drop the last one and the run resumes.
-    (run_dir,) = (small_llama / "models/checkpoints").iterdir()
-    shutil.rmtree(run_dir / "checkpoint-2")
+    # Packed rows and checkpoints work on a k-bit base too: stopped after step 1, the run resumes there.
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 1)
+        assert train.run(p) == 128 + signal.SIGTERM
     train.run(p)
     assert json.loads((small_llama / "dvclive/run.json").read_text())["resumed_from_step"] == 1
     info = json.loads((small_llama / "models/adapter/training.json").read_text())

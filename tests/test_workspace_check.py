@@ -18,7 +18,7 @@ from test_app_safety import SLOW, make_trained_repo, snapshot, start_until_step 
 from test_diff_repo import GIT_ENV, git  # noqa: E402
 
 from pipeline.core.params import load_params  # noqa: E402
-from pipeline.engines import dvc_ops  # noqa: E402
+from pipeline.engines.dvc import processes, recovery, runs, workspace  # noqa: E402
 from tui.app import TennyApp  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,14 +85,14 @@ async def test_a_killed_workspace_experiment_is_named_command_by_command(repo):
     assert f"HEAD is detached at {broken['head'][:7]} (it was on main; a crashed `dvc exp run` leaves it so): " \
            "run `git checkout main`" in lines
     assert "missing metrics reports/train.json: run `git checkout -- reports/train.json`" in lines
-    assert refs(repo) == "" and not (repo / dvc_ops.EXPS_RUN / "workspace").exists()
+    assert refs(repo) == "" and not (repo / recovery.EXPS_RUN / "workspace").exists()
     after = snapshot(repo)
     assert {k: after[k] for k in ("branch", "head", "status", "params.yaml")} == \
            {k: broken[k] for k in ("branch", "head", "status", "params.yaml")}
     # The named commands do fix it; then the next start is quiet.
     git(repo, "checkout", "-q", "main")
     git(repo, "checkout", "--", "params.yaml", "reports/train.json")
-    assert dvc_ops.repair_safe(repo) == []
+    assert recovery.repair_safe(repo) == []
 
 
 def test_a_persons_own_detached_checkout_and_staged_params_raise_nothing(repo):
@@ -100,23 +100,23 @@ def test_a_persons_own_detached_checkout_and_staged_params_raise_nothing(repo):
     git(repo, "commit", "-qam", "lr 0.003")
     (repo / "params.yaml").write_text("train:\n  lr: 0.004\n  max_steps: 3\n")
     git(repo, "add", "params.yaml")
-    assert dvc_ops.inspect_workspace(repo) == []
+    assert recovery.inspect_workspace(repo) == []
     git(repo, "stash", "-q")
     git(repo, "checkout", "-q", "HEAD~1")  # looking at an older version: not a crash
-    assert dvc_ops.inspect_workspace(repo) == []
+    assert recovery.inspect_workspace(repo) == []
 
 
 def test_nothing_is_touched_while_a_dvc_command_runs_here(repo):
-    run, _ = start_until_step(dvc_ops.exp_run_args([SLOW]), repo)
+    run, _ = start_until_step(runs.exp_run_args([SLOW]), repo)
     try:
-        assert run.proc.pid in dvc_ops.dvc_processes(repo)
+        assert run.proc.pid in processes.dvc_processes(repo)
         git(repo, "update-ref", "refs/exps/exec/EXEC_BASELINE", "HEAD")
-        assert dvc_ops.repair_safe(repo) == []
+        assert recovery.repair_safe(repo) == []
         assert "EXEC_BASELINE" in refs(repo)
     finally:
         run.cancel()
-    assert dvc_ops.dvc_processes(repo) == []
-    assert [f.line() for f in dvc_ops.repair_safe(repo)] == [
+    assert processes.dvc_processes(repo) == []
+    assert [f.line() for f in recovery.repair_safe(repo)] == [
         "repaired: removed stale experiment refs refs/exps/exec/EXEC_BASELINE (a crashed `dvc exp run` left them)"]
     assert refs(repo) == ""
 
@@ -124,8 +124,8 @@ def test_nothing_is_touched_while_a_dvc_command_runs_here(repo):
 def test_a_killed_temp_experiments_copy_is_removed(repo):
     """kill -9 of the app mid `dvc exp run --temp` leaves DVC's copy of the project
     (test_app_safety shows DVC leaves it); the next start removes it and says which."""
-    copy = repo / dvc_ops.EXPS_TEMP / "tmpkilled"
+    copy = repo / workspace.EXPS_TEMP / "tmpkilled"
     (copy / "models").mkdir(parents=True)
-    findings = dvc_ops.repair_safe(repo)
-    assert [f.line() for f in findings] == [f"repaired: removed a killed experiment's copy {dvc_ops.EXPS_TEMP}/tmpkilled"]
+    findings = recovery.repair_safe(repo)
+    assert [f.line() for f in findings] == [f"repaired: removed a killed experiment's copy {workspace.EXPS_TEMP}/tmpkilled"]
     assert not copy.exists()

@@ -121,11 +121,11 @@ class TennyApp(App):
     @work(thread=True, exclusive=True, group="workspace-check", exit_on_error=False)
     def _check_workspace(self) -> None:
         """Damage an earlier crash left (a kill -9 mid-experiment): the safe part repaired,
-        the rest named with its command (pipeline/engines/dvc_ops.py repair_safe)."""
-        from pipeline.engines import dvc_ops
+        the rest named with its command (pipeline/engines/dvc/recovery.py repair_safe)."""
+        from pipeline.engines.dvc.recovery import repair_safe
 
         try:
-            findings = dvc_ops.repair_safe(self.root)
+            findings = repair_safe(self.root)
         except Exception as err:  # git missing or an unreadable repo: the app still opens
             self.call_from_thread(self.notify, clean(f"could not check the workspace for crash damage: {err}"),
                                   severity="warning", markup=False)

@@ -1,9 +1,11 @@
 """``tenny chat``: talk to the base model and to base + adapter, side by side.
 
 With no flags it opens the chat screen (tui/screens/chat.py) as an app of its
-own; ``--prompt TEXT`` asks both once and streams the answers to stdout
-instead, for scripts and pipes. Textual and torch are imported inside ``run``
-only: the CLI imports every command module to build its help.
+own, through ``tui/commands/chat.py`` (the CLI's table points there, so
+``pipeline/`` never imports the app above it); ``--prompt TEXT`` asks both once
+and streams the answers to stdout instead, for scripts and pipes: that is this
+module's ``run``. Torch is imported inside ``run`` only: the CLI imports every
+command module to build its help.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="longest answer in tokens (default: 200)")
     parser.add_argument("--only", choices=("base", "adapter"), help="chat with one model only")
     parser.add_argument("--prompt", metavar="TEXT", help="ask once, print both answers as they stream, and exit (no app)")
+    parser.add_argument("--gguf", metavar="FILE", help="talk to an exported GGUF file (models/gguf/…) through llama.cpp's "
+                                                       "llama-server on loopback, as Ollama or LM Studio would run it")
 
 
 def sampling_from(args: Any):
@@ -81,21 +85,69 @@ def one_shot(params: Any, prompt: str, sampling: Any, only: str | None, out=None
     return 0
 
 
-def run(params: Any, args: Any = None) -> int:
+def check(args: Any = None) -> tuple[Any, str | None]:
+    """(sampling, only) from the flags, once the models are known to exist: fails before any screen opens."""
     from pipeline.engines.chat_session import check_models
 
     sampling = sampling_from(args)
     only = getattr(args, "only", None)
-    check_models(paths.BASE_DIR, paths.ADAPTER_DIR, only)  # fail before the screen opens
-    prompt = getattr(args, "prompt", None)
-    if prompt is not None:
-        if not prompt.strip():
-            raise UserError("--prompt: empty; pass the text to ask")
-        return one_shot(params, prompt, sampling, only)
-    if not sys.stdout.isatty() and not sys.stdin.isatty():
-        raise UserError("tenny chat needs a terminal (run it in one, or over ssh -t), or pass --prompt TEXT")
+    check_models(paths.BASE_DIR, paths.ADAPTER_DIR, only)
+    return sampling, only
 
-    from tui.chat_app import ChatApp
 
-    ChatApp(Path.cwd(), params, sampling=sampling, only=only).run()
+def gguf_chat(params: Any, path: str, prompt: str | None, sampling: Any, out=None, lines=None) -> int:
+    """A GGUF through llama-server: ``prompt`` answered once, or a chat read line by line from stdin.
+
+    No system turn is sent: the file's own chat template supplies the one training used, as it
+    does for anyone serving the file.
+    """
+    from pipeline.engines import llama_cpp
+    from pipeline.engines.llama_server import serve
+
+    out = out or sys.stdout
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--gguf {path}: no such file; `tenny export --set export.gguf=[q4_k_m]` writes one into "
+                        f"{paths.GGUF_DIR}/")
+    llama = llama_cpp.ensure(params.export.llama_cpp)
+    messages: list[dict] = []
+    with serve(llama, file) as server:
+        asks = [prompt] if prompt is not None else _read_lines(lines, out)
+        for ask in asks:
+            messages.append({"role": "user", "content": ask})
+            print(f"── {file.name} (llama.cpp) ──", file=out, flush=True)
+            write = _Printer(out)
+            pieces = []
+            for piece in server.stream_chat(messages, sampling.max_new_tokens, sampling.temperature):
+                pieces.append(piece)
+                write(piece)
+            print("", file=out, flush=True)
+            messages.append({"role": "assistant", "content": "".join(pieces).strip()})
     return 0
+
+
+def _read_lines(lines, out):
+    source = lines if lines is not None else sys.stdin
+    while True:
+        if source is sys.stdin:
+            print("you> ", end="", file=out, flush=True)
+        line = source.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def run(params: Any, args: Any = None) -> int:
+    """``tenny chat --prompt TEXT``: both answers on stdout, no app."""
+    if getattr(args, "gguf", None):
+        if getattr(args, "prompt", None) is not None and not args.prompt.strip():
+            raise UserError("--prompt: empty; pass the text to ask")
+        return gguf_chat(params, args.gguf, getattr(args, "prompt", None), sampling_from(args))
+    sampling, only = check(args)
+    prompt = getattr(args, "prompt", None)
+    if prompt is None:
+        raise UserError("pass --prompt TEXT to ask from a script (`tenny chat` alone opens the app)")
+    if not prompt.strip():
+        raise UserError("--prompt: empty; pass the text to ask")
+    return one_shot(params, prompt, sampling, only)

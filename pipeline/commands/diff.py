@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -109,6 +110,7 @@ class DiffResult:
     edited_examples: list[Example] = field(default_factory=list)
     meta_examples: list[str] = field(default_factory=list)
     decisions: DecisionDiff | None = None
+    reviewers: dict[str, DecisionDiff] = field(default_factory=dict)  # each reviewer's log in data/reviews/
     params: dict[str, dict[str, dict]] = field(default_factory=dict)
     metrics: dict[str, dict[str, dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what could not be compared, and why
@@ -197,13 +199,13 @@ class _Reader:
     def __iter__(self):
         """Yield (lineno, record, body_hash, meta_hash, tokens, kind)."""
         from pipeline.core.records import RecordError, check_record, reject_bom
-        from pipeline.engines import dvc_ops
+        from pipeline.engines.dvc import revisions
 
         loads, decode_error = _loads()
         dumps = _dumps()
         edits = self.edits
         label = self.label
-        with dvc_ops.open_at(self.root, self.path, self.rev) as fh:
+        with revisions.open_at(self.root, self.path, self.rev) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if lineno == 1:
                     reject_bom(raw, label)
@@ -255,16 +257,44 @@ def _decision_states(root: Path, path: str, rev: str) -> dict | None:
     """Folded review states at ``rev``; None when the log does not exist there."""
     from pipeline.core.decisions import check_decision, fold
     from pipeline.core.records import iter_jsonl
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import revisions
 
     label = f"{path}@{rev}"
     try:
-        with dvc_ops.open_at(root, path, rev) as fh:
+        with revisions.open_at(root, path, rev) as fh:
             return fold(check_decision(obj, label, n) for n, obj in iter_jsonl(label, fh=fh))
     except UserError as err:
         if "not in the repository" in str(err):
             return None
         raise
+
+
+def _reviewer_paths(root: Path, folder: str, rev: str) -> dict[str, str]:
+    """name → path of each reviewer's log in ``folder`` at ``rev`` (git tracks the logs)."""
+    from pipeline.core.decisions import PRESCORE_NAME, reviewer_logs
+    from pipeline.engines.dvc import revisions
+
+    if revisions.is_workspace(rev):
+        return {name: str(Path(folder) / p.name) for name, p in reviewer_logs(root / folder).items()}
+    out = subprocess.run(["git", "ls-tree", "--name-only", "-z", rev, "--", f"{folder}/"], cwd=root,
+                         capture_output=True, text=True)
+    found = {}
+    for rel in sorted(filter(None, out.stdout.split("\0"))):
+        p = Path(rel)
+        if p.suffix == ".jsonl" and p.stem != PRESCORE_NAME and ".torn-" not in p.name:
+            found[p.stem] = rel
+    return found
+
+
+def diff_reviewers(root: Path, rev_a: str, rev_b: str, folder: str, examples: int) -> dict[str, DecisionDiff]:
+    """Each reviewer's decisions compared between the two revisions (a log missing at one side: nothing decided there)."""
+    at_a, at_b = _reviewer_paths(root, folder, rev_a), _reviewer_paths(root, folder, rev_b)
+    out = {}
+    for name in sorted(at_a.keys() | at_b.keys()):
+        a = _decision_states(root, at_a[name], rev_a) if name in at_a else None
+        b = _decision_states(root, at_b[name], rev_b) if name in at_b else None
+        out[name] = diff_decisions(a, b, at_b.get(name) or at_a[name], examples)
+    return out
 
 
 def _state_key(state) -> tuple:
@@ -303,12 +333,12 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
                  decisions_path: str = str(paths.DECISIONS), apply_edits: bool | None = None,
                  examples: int = 5, with_params: bool = True) -> DiffResult:
     """Compare ``path`` at two revisions record by record (see the module docstring)."""
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import cli as dvc_cli, revisions
 
     started = time.perf_counter()
     root = Path(root)
-    dvc_ops.find_root(root)
-    shas = tuple(dvc_ops.check_rev(root, rev) for rev in (rev_a, rev_b))
+    dvc_cli.find_root(root)
+    shas = tuple(revisions.check_rev(root, rev) for rev in (rev_a, rev_b))
     if apply_edits is None:
         apply_edits = Path(path) == paths.DEDUPED
 
@@ -403,6 +433,9 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
             if states is None:
                 result.notes.append(f"no review log ({decisions_path}) at {rev}: every record counts as pending there")
 
+    if Path(decisions_path).parent == paths.REVIEWS_DIR:
+        result.reviewers = diff_reviewers(root, rev_a, rev_b, str(paths.REVIEWS_DIR), examples)
+
     try:
         result.warnings = stale_lock_warnings(root, path, rev_a, rev_b, shas=shas)
     except UserError as err:  # a broken dvc.lock at one side: the diff above still stands
@@ -411,7 +444,7 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
     if with_params:
         for kind in ("params", "metrics"):
             try:
-                setattr(result, kind, getattr(dvc_ops, f"{kind}_diff")(root, rev_a, rev_b))
+                setattr(result, kind, getattr(revisions, f"{kind}_diff")(root, rev_a, rev_b))
             except UserError as err:
                 result.notes.append(f"{kind} diff unavailable: {err}")
             except Exception as err:  # DVC internals; the record diff above still stands
@@ -425,18 +458,18 @@ def diff_records(root: str | Path, rev_a: str, rev_b: str, path: str = DEFAULT_P
 
 def _text_at(root: Path, rev: str, path: str) -> str | None:
     """A small file (dvc.yaml, dvc.lock, a metrics file) at ``rev``: git first, then DVC; None if absent."""
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import cli as dvc_cli, revisions
 
-    if rev == dvc_ops.WORKSPACE:
+    if rev == revisions.WORKSPACE:
         try:
             return (root / path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return None
-    text = dvc_ops._git_show(root, rev, path)
+    text = dvc_cli.git_show(root, rev, path)
     if text is not None:
         return text
     try:
-        with dvc_ops.open_at(root, path, rev) as fh:
+        with revisions.open_at(root, path, rev) as fh:
             return fh.read().decode("utf-8", errors="replace")
     except UserError:
         return None
@@ -461,11 +494,12 @@ def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
     dvc.lock, which says which data each revision holds, was not updated. The record diff
     then compares the old data on both sides and reports no change where there was one.
     """
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import project, revisions
 
     root = Path(root)
-    shas = shas or tuple(dvc_ops.check_rev(root, r) for r in (rev_a, rev_b))  # experiment names → commits
-    locks = [dvc_ops.lock_outs(_parse(_text_at(root, sha, "dvc.lock"))) for sha in shas]
+    shas = shas or tuple(revisions.check_rev(root, r) for r in (rev_a, rev_b))  # experiment names → commits
+    # dvc.lock through its one reader: a broken one is a UserError the caller turns into a note
+    locks = [project.lock_outs(project.read_lock(root, None if sha == revisions.WORKSPACE else sha)) for sha in shas]
     (stage_a, hash_a), (stage_b, hash_b) = locks[0].get(path, (None, None)), locks[1].get(path, (None, None))
     if not hash_a or hash_a != hash_b or stage_a != stage_b:
         return []
@@ -475,7 +509,7 @@ def stale_lock_warnings(root: str | Path, path: str, rev_a: str, rev_b: str, *,
         spec = ((defs or {}).get("stages") or {}).get(stage_a) if isinstance(defs, dict) else None
         if not isinstance(spec, dict):
             continue
-        for mfile in dvc_ops._metric_files(spec):
+        for mfile in project.metric_files(spec):
             if mfile in (w[0] for w in warnings):
                 continue
             if locks[0].get(mfile) != locks[1].get(mfile):
@@ -518,12 +552,12 @@ def record_change(root: str | Path, rev_a: str, rev_b: str, rid: str, path: str 
                   decisions_path: str = str(paths.DECISIONS)):
     """One record old → new (``pipeline.engines.word_diff.RecordChange``); a UserError when
     the id is at neither revision."""
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import revisions
     from pipeline.engines.word_diff import record_changes
 
     root = Path(root)
     for rev in (rev_a, rev_b):
-        dvc_ops.check_rev(root, rev)
+        revisions.check_rev(root, rev)
     old = records_at(root, path, rev_a, {rid}, decisions_path=decisions_path).get(rid)
     new = records_at(root, path, rev_b, {rid}, decisions_path=decisions_path).get(rid)
     if old is None and new is None:
@@ -594,6 +628,12 @@ def format_summary(r: DiffResult) -> str:
             lines.append(f"  {'edited text changed':<24}{d.edit_text_changed:>8,}")
         if d.tags_changed:
             lines.append(f"  {'tags changed':<24}{d.tags_changed:>8,}")
+    if r.reviewers:
+        lines += ["", f"decisions per reviewer ({paths.REVIEWS_DIR}/):"]
+        for name, d in r.reviewers.items():
+            moves = ", ".join(f"{t} {n:,}" for t, n in d.transitions.items())
+            lines.append(f"  {name[:24]:<24}{d.decided_a:>9,} → {d.decided_b:<9,} decided; {d.changed:,} changed"
+                         + (f" ({moves})" if moves else ""))
     for title, diff in (("params", r.params), ("metrics", r.metrics)):
         rows = changed_values(diff)
         lines += ["", f"{title}: " + ("no changes" if not rows else f"{len(rows)} changed")]

@@ -40,13 +40,13 @@ def safe_name(rev: str) -> str:
 def adapter_answers(root: Path, rev: str) -> dict[str, str]:
     """prompt → the adapter's answer in ``reports/generations.jsonl`` at ``rev`` (first one if a prompt repeats)."""
     from pipeline.core.records import iter_jsonl
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import revisions
 
     path = paths.GENERATIONS.as_posix()
     label = f"{path}@{rev}"
     answers: dict[str, str] = {}
     try:
-        with dvc_ops.open_at(root, path, rev) as fh:
+        with revisions.open_at(root, path, rev) as fh:
             for lineno, row in iter_jsonl(label, fh=fh):
                 for name in ("prompt", "adapter"):
                     if not isinstance(row.get(name), str):
@@ -64,13 +64,13 @@ def adapter_answers(root: Path, rev: str) -> dict[str, str]:
 
 
 def run(params, args) -> int:
-    from pipeline.engines import dvc_ops
+    from pipeline.engines.dvc import cli as dvc_cli, revisions
     from pipeline.engines.judging.runner import Answers, judge_answers, prepare, summary, write_reports
 
     judge = prepare(params.eval.judge)  # not configured → exit 2 before any revision is read
-    root = dvc_ops.find_root(Path(args.repo))
+    root = dvc_cli.find_root(Path(args.repo))
     for rev in (args.rev_a, args.rev_b):
-        dvc_ops.check_rev(root, rev)
+        revisions.check_rev(root, rev)
     a, b = adapter_answers(root, args.rev_a), adapter_answers(root, args.rev_b)
     items = [Answers(p, a[p], b[p]) for p in a if p in b]
     if not items:

@@ -22,7 +22,10 @@ import getpass
 import json
 import os
 import re
+import secrets
+import subprocess
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +282,7 @@ def fold(decisions: Iterable[dict]) -> Mapping[str, ReviewState]:
 # undo: folded without json.loads, which is most of the cost of opening a long
 # log. Only lines json.loads would take match (no escapes, no control characters).
 _PLAIN = re.compile(rb'\{"id":"([^"\\\x00-\x1f]+)","action":"(accept|reject|undo)",'
-                    rb'"at":"[^"\\\x00-\x1f]*","by":"[^"\\\x00-\x1f]*"\}\r?')
+                    rb'"at":"[^"\\\x00-\x1f]*","by":"[^"\\\x00-\x1f]*"(?:,"did":"[0-9a-f]*")?\}\r?')
 _PLAIN_LINES = re.compile(rb"^" + _PLAIN.pattern + rb"\n", re.MULTILINE)
 _ACTION = {a.encode(): a for a in ACTIONS}
 _READ_BLOCK = 8 << 20
@@ -379,6 +382,31 @@ class DecisionLog(Fold):
                 touched.append(d["id"])
         return lineno
 
+    def read_settled(self) -> str | None:
+        """Fold the whole log as a reader that may not repair it (build, agreement); return a note or None.
+
+        Every line is checked, as ``load_states`` does, except a cut last line
+        (no newline, not a whole JSON object: a crash inside a write): it is
+        skipped and named in the note. A reviewer's crash costs the team's build
+        only that keystroke; ``tenny review --as NAME`` sets the bytes aside.
+        """
+        self.poll()
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if self.offset >= size:
+            return None
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            tail = fh.read(size - self.offset)
+        try:
+            whole = isinstance(json.loads(tail.decode("utf-8")), dict)
+        except (UnicodeDecodeError, ValueError):
+            whole = False
+        if whole:
+            self.poll(final=True)  # only its newline is missing: a decision like any other
+            return None
+        return (f"{self.path}:{self.lines + 1}: a cut last line ({len(tail)} bytes, a crash inside a write) "
+                f"was skipped; every other decision counts. `tenny review` sets it aside when that reviewer reopens")
+
     # -- writing
 
     def append(self, rid: str, action: str, *, text: str | None = None, tags: list[str] | None = None) -> dict:
@@ -433,6 +461,7 @@ def append_decision(path: str | os.PathLike, rid: str, action: str, *, text: str
         row["tags"] = tags
     row["at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["by"] = by or os.environ.get("TENNY_REVIEWER") or _user()
+    row["did"] = new_decision_id()
     check_decision(row, path, 0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     append_jsonl(path, row)
@@ -450,14 +479,14 @@ def append_decisions(path: str | os.PathLike, rids: Iterable[str], action: str, 
         raise ValueError(f"bulk decisions are accept or reject, not {action!r}")
     at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     who = json.dumps(by or os.environ.get("TENNY_REVIEWER") or _user(), ensure_ascii=False)
-    tail = f',"action":"{action}","at":"{at}","by":{who}}}\n'
+    tail = f',"action":"{action}","at":"{at}","by":{who},"did":"'
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     n = 0
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         chunk: list[str] = []
         for rid in rids:
-            chunk.append('{"id":' + json.dumps(rid, ensure_ascii=False) + tail)
+            chunk.append('{"id":' + json.dumps(rid, ensure_ascii=False) + tail + new_decision_id() + '"}\n')
             if len(chunk) >= batch:
                 n += _write_all(fd, "".join(chunk).encode("utf-8"))
                 chunk = []
@@ -466,6 +495,12 @@ def append_decisions(path: str | os.PathLike, rids: Iterable[str], action: str, 
     finally:
         os.close(fd)
     return n
+
+
+def new_decision_id() -> str:
+    """A decision's own id (64 random bits): two machines appending as one reviewer never write
+    the same line, so a git merge of their logs (``merge=union``, .gitattributes) keeps every decision."""
+    return secrets.token_hex(8)
 
 
 def _write_all(fd: int, data: bytes) -> int:
@@ -481,3 +516,58 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
         return "unknown"
+
+
+# ---------------------------------------------------------------- reviewers
+
+PRESCORE_NAME = "prescore"  # data/reviews/prescore.jsonl holds the judge's scores, not a person's log
+LEGACY_NAME = "decisions"  # data/reviews/decisions.jsonl: the one log before team review, read as a reviewer
+
+
+def reviewer_slug(name: str) -> str:
+    """The file-name form of a reviewer's name: letters, digits, ``.``, ``_`` and ``-``; any other run is ``_``.
+
+    ``Zoë Smith`` → ``Zoë_Smith``. The full name still goes in each decision's ``by``.
+    """
+    norm = unicodedata.normalize("NFC", name.strip())
+    slug = re.sub(r"[^\w.-]+", "_", norm).strip("._")[:80]
+    if not slug:
+        raise UserError(f"reviewer name {name!r}: needs a letter or digit (pass --as NAME)")
+    if slug == PRESCORE_NAME:
+        raise UserError(f"reviewer name {name!r}: {PRESCORE_NAME}.jsonl holds the judge's scores; choose another --as NAME")
+    return slug
+
+
+def reviewer_log(folder: str | os.PathLike, name: str) -> Path:
+    """``data/reviews/<name>.jsonl``: one reviewer's own log (one writer per file: no locks, clean merges)."""
+    return Path(folder) / f"{reviewer_slug(name)}.jsonl"
+
+
+def reviewer_logs(folder: str | os.PathLike) -> dict[str, Path]:
+    """Every reviewer's log in ``folder``, by name (the file's stem), sorted.
+
+    Not logs: prescore.jsonl and the ``*.torn-*`` files a repair set aside.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        if path.stem == PRESCORE_NAME or ".torn-" in path.name or not path.is_file():
+            continue
+        out[path.stem] = path
+    return out
+
+
+def default_reviewer() -> str:
+    """Who is reviewing when ``--as`` is not given: $TENNY_REVIEWER, git's user.name, then the login."""
+    name = os.environ.get("TENNY_REVIEWER")
+    if name and name.strip():
+        return name.strip()
+    try:
+        out = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("USER") or _user()

@@ -78,10 +78,13 @@ class SynthesizeParams(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int | None = 0
-    concurrency: int = Field(16, ge=1, le=1024)
+    concurrency: int = Field(16, ge=1, le=1024, description="most requests at once (the ceiling of the adaptive limit)")
+    adaptive_concurrency: bool = Field(True, description="find the concurrency the server sustains, up to concurrency; "
+                                                         "false: always concurrency")
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout; a timed-out request is retried")
+    timeout_s: float = Field(60.0, gt=0, description="a request is given up on (and retried) when the server answered "
+                                                     "nothing for this long while it waited")
     max_retries: int = Field(6, ge=0, description="retries per request on 429, 5xx, timeouts, dropped connections")
     retry_base_s: float = Field(0.5, gt=0, description="first backoff delay; doubles per retry, with jitter")
     retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay (a longer Retry-After still wins)")
@@ -120,7 +123,8 @@ class DedupeParams(Strict):
 
 
 class BuildParams(Strict):
-    include: Literal["accepted", "not_rejected"] = "not_rejected"
+    include: Literal["not_rejected", "accepted", "majority", "unanimous", "adjudicated"] = Field(
+        "not_rejected", description="how the reviewers' decisions choose what is kept (docs/review.md, build policies)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 42
     format: Literal["text", "chat"] = "chat"
@@ -130,8 +134,31 @@ class BuildParams(Strict):
         description="the user turn for text records in chat format; {fields} come from meta, {topic} falls back to default_topic",
     )
     default_topic: str = "anything"
-    max_seq_len: int = Field(256, ge=8)
+    stop_token: str | None = Field(
+        None, description="the token that ends an answer when the chat template ends turns with none tenny can find "
+                          "(docs/training.md, Turn end); None: the template's own turn end (EOS for plain text)")
     histogram_bins: int = Field(20, ge=1)
+    judge_above: int | None = Field(None, ge=1, le=10, description="also keep records no person decided whose judge "
+                                    "prescore is this or more (data/reviews/prescore.jsonl); None: people only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_max_seq_len(cls, data: Any) -> Any:
+        # build used to warn at a length of its own; the trainer's is the one that cuts.
+        if isinstance(data, dict) and "max_seq_len" in data:
+            raise ValueError("build.max_seq_len is gone: build warns at train.max_seq_len, the length the trainer "
+                             "uses; delete build.max_seq_len and set train.max_seq_len")
+        return data
+
+
+class ReviewParams(Strict):
+    """Team review (docs/review.md): data/reviews/<name>.jsonl per reviewer."""
+
+    overlap: int = Field(1, ge=1, description="reviewers who must decide a record before it leaves everyone's queue")
+    adjudicators: list[str] = Field(default_factory=list,
+                                    description="reviewer names whose decision settles a disagreement (build.include: adjudicated)")
+    prescore: bool = Field(False, description="before the review opens, the eval judge scores each sample 1-10 "
+                                              "(data/reviews/prescore.jsonl; paid once, resumable)")
 
 
 # ---------------------------------------------------------------- train
@@ -153,6 +180,14 @@ class TinyParams(Strict):
     vocab_size: int = Field(512, ge=64)
     n_positions: int = Field(1024, ge=8, description="longest sequence the tiny model takes (train.max_seq_len at most this)")
     seed: int = Field(0, description="seeds the tiny model's random weights")
+
+
+class EarlyStoppingParams(Strict):
+    """Stop when the val loss stops improving; the best checkpoint is what the run keeps (docs/training.md)."""
+
+    metric: Literal["val_loss"] = "val_loss"
+    patience: int = Field(3, ge=1, description="evaluations (every train.eval_every steps) without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="an improvement smaller than this does not count")
 
 
 class TrainParams(Strict):
@@ -183,15 +218,39 @@ class TrainParams(Strict):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower; what QLoRA usually runs with")
     liger_kernel: bool = Field(False, description="Liger's fused kernels (GPU only; pip install liger-kernel): less memory, more tokens/s")
     eval_every: int = Field(20, ge=1, description="optimizer steps between val-loss evaluations")
-    save_every: int = Field(50, ge=1, description="optimizer steps between checkpoints in models/checkpoints/")
+    save_every: int = Field(50, ge=1, description="optimizer steps between checkpoints in .tenny/checkpoints/")
     keep_checkpoints: int = Field(2, ge=1, description="newest complete checkpoints kept per run")
     resume: str = Field(
         "auto", min_length=1,
-        description="auto: continue from the newest complete checkpoint of the same run (params and data); "
-                    "never: start fresh; or a checkpoint folder (models/checkpoints/run-.../checkpoint-N)")
+        description="auto: continue from the newest complete checkpoint of the same run identity (params, data, "
+                    "base, code, init_adapter, processes); never: start fresh; or a checkpoint folder "
+                    "(.tenny/checkpoints/run-.../checkpoint-N) of this run identity")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 leaves torch's default")
+    # -- watching a run (H26: docs/training.md, "Answers while it trains" and "Overhead")
+    sample_every: int = Field(0, ge=-1, description="steps between sample answers on the Training screen "
+                                                     "(dvclive/samples.jsonl); 0: about 5 times per run; -1: off")
+    sample_prompts: list[str] | None = Field(
+        None, description="user turns answered while training; None: 4 val prompts and the first eval prompt")
+    sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="longest sample answer, in tokens (greedy)")
+    early_stopping: EarlyStoppingParams | None = Field(
+        None, description="stop when the val loss stops improving and keep its best step; None: off")
+    log_every: int = Field(0, ge=0, description="steps between logged figures (loss, tokens/s, run.json); "
+                                                "0: 1 on the CPU, 10 on a GPU")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="attention kernel; auto: flash_attention_2 on a GPU that has it, else sdpa")
+    torch_compile: bool = Field(False, description="torch.compile the model (measured: docs/training.md)")
+    dataloader_workers: int = Field(0, ge=0, description="processes that collate batches (0: the training process)")
+
+    @field_validator("sample_prompts")
+    @classmethod
+    def _sample_prompts_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not p.strip() for p in v)):
+            raise ValueError("an empty list or an empty prompt: leave train.sample_prompts out for the default "
+                             "(4 val prompts and the first eval prompt), or set train.sample_every: -1 to turn "
+                             "sample answers off")
+        return v
 
     @model_validator(mode="after")
     def _paged_needs_bitsandbytes_gpu(self) -> "TrainParams":
@@ -218,8 +277,10 @@ class JudgeParams(Strict):
     temperature: float = Field(0.0, ge=0, le=2, description="0: the same question gets the same verdict")
     max_tokens: int = Field(200, ge=16, description="room for the JSON verdict and its one-sentence reason")
     seed: int | None = 0
-    concurrency: int = Field(8, ge=1, le=1024)
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout; a timed-out request is retried")
+    concurrency: int = Field(8, ge=1, le=1024, description="most requests at once (the ceiling of the adaptive limit)")
+    adaptive_concurrency: bool = Field(True, description="find the concurrency the server sustains, up to concurrency")
+    timeout_s: float = Field(60.0, gt=0, description="a request is given up on (and retried) when the server answered "
+                                                     "nothing for this long while it waited")
     max_retries: int = Field(6, ge=0, description="retries per request on 429, 5xx, timeouts, dropped connections")
     retry_base_s: float = Field(0.5, gt=0, description="first backoff delay; doubles per retry, with jitter")
     retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay")
@@ -255,6 +316,26 @@ class ExportParams(Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the saved merged weights (the merge itself runs in float32)")
     ollama: bool = Field(True, description="also write models/merged/Modelfile (chat template, stop tokens, system prompt)")
+    gguf: list[str] = Field(default_factory=list, description="GGUF files to write into models/gguf/ with llama.cpp, "
+                                                             "e.g. [f16, q8_0, q4_k_m]; [] needs no llama.cpp")
+    gguf_adapter: bool = Field(False, description="also write the LoRA alone as a GGUF (llama-server --lora, Ollama ADAPTER)")
+    llama_cpp: str | None = Field(None, description="a built llama.cpp folder; unset: $LLAMA_CPP_DIR, else tenny's "
+                                                    "build cache (built once when missing)")
+    check_tokens: int = Field(32, ge=1, description="greedy tokens per eval prompt when each GGUF is checked in llama.cpp")
+
+    @field_validator("gguf")
+    @classmethod
+    def _known_gguf_types(cls, v: list[str]) -> list[str]:
+        wanted = [t.lower() for t in v]
+        unknown = [t for t in wanted if t not in GGUF_TYPES]
+        if unknown:
+            raise ValueError(f"unknown GGUF type {', '.join(unknown)}; allowed: {', '.join(GGUF_TYPES)}")
+        return list(dict.fromkeys(wanted))
+
+
+# llama.cpp's converter writes f32/f16/bf16/q8_0; llama-quantize makes the rest from f16 (no imatrix needed).
+GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s", "q4_0",
+              "q4_1", "iq4_nl", "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 
 
 # ---------------------------------------------------------------- remote
@@ -279,6 +360,7 @@ class Params(Strict):
     synthesize: SynthesizeParams = Field(default_factory=SynthesizeParams)
     dedupe: DedupeParams = Field(default_factory=DedupeParams)
     build: BuildParams = Field(default_factory=BuildParams)
+    review: ReviewParams = Field(default_factory=ReviewParams)
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     export: ExportParams = Field(default_factory=ExportParams)
@@ -323,6 +405,20 @@ def apply_override(data: dict, key: str, value: Any) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}, the dotted keys ``apply_override`` takes; lists stay values."""
+    if not isinstance(obj, dict):
+        return {prefix: obj} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def load_params(path: str | Path = paths.PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:

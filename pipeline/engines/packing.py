@@ -5,6 +5,12 @@ mask; transformers then keeps the samples apart (no cross-sample attention) as
 long as the forward builds no KV cache (``use_cache=False``, which the train
 stage sets). The first token of every packed sample takes no loss: unpacked,
 nothing predicts it either, so per-sample losses are the same packed or not.
+
+Made with ``count_tokens=True`` (the train stage), a collator puts
+``real_tokens`` (the batch's non-pad token count, a plain int) into every
+batch: the trainer pops it before the forward and counts it only for training
+steps (train_callbacks.InOrderTrainer), so eval batches and a loader that
+collates ahead or in worker processes never skew tokens/s.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from collections.abc import Sequence
 
 from pipeline.engines.modeling import IGNORE_INDEX
 
+REAL_TOKENS = "real_tokens"  # the batch key with the batch's non-pad token count
+
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 
 
 def pack(examples: Sequence[Example], row_len: int) -> list[list[int]]:
     """Best-fit decreasing: each row is a list of example indices whose lengths sum to <= ``row_len``.
 
-    No sample is cut (encode_example already truncated every sample to
+    No sample is cut (train already left out every sample longer than
     ``max_seq_len``). The order is deterministic; the trainer shuffles rows.
     """
     order = sorted(range(len(examples)), key=lambda i: (-len(examples[i][0]), i))
@@ -45,9 +53,9 @@ def pack(examples: Sequence[Example], row_len: int) -> list[list[int]]:
 class PaddedCollator:
     """A batch of whole examples, right-padded, with an attention mask."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, count_tokens: bool = False):
         self.pad_id = pad_id
-        self.real_tokens = 0  # counted for tokens/s; read and reset by the live-metrics callback
+        self.count_tokens = count_tokens
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -56,13 +64,15 @@ class PaddedCollator:
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        real = 0
         for row, item in enumerate(batch):
             n = len(item["input_ids"])
             input_ids[row, :n] = torch.tensor(item["input_ids"])
             labels[row, :n] = torch.tensor(item["labels"])
             mask[row, :n] = 1
-            self.real_tokens += n
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+            real += n
+        out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        return {**out, REAL_TOKENS: real} if self.count_tokens else out
 
 
 class PackedCollator:
@@ -71,9 +81,9 @@ class PackedCollator:
     An unpacked example (eval) is a row of one sample.
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, count_tokens: bool = False):
         self.pad_id = pad_id
-        self.real_tokens = 0
+        self.count_tokens = count_tokens
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -83,6 +93,7 @@ class PackedCollator:
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(batch), width), dtype=torch.long)
+        real = 0
         for row, segments in enumerate(rows):
             at = 0
             for ids, labs in segments:
@@ -93,8 +104,34 @@ class PackedCollator:
                 at += n
             # Padding at the row's end is one more "sample": it sees only itself and takes no loss.
             positions[row, at:] = torch.arange(width - at)
-            self.real_tokens += at
-        return {"input_ids": input_ids, "position_ids": positions, "labels": labels}
+            real += at
+        out = {"input_ids": input_ids, "position_ids": positions, "labels": labels}
+        return {**out, REAL_TOKENS: real} if self.count_tokens else out
+
+
+class FlatCollator:
+    """Padding-free: every sample of the batch side by side in one row (flash attention's varlen path).
+
+    transformers' ``DataCollatorWithFlattening`` does the work: position ids
+    restart at each sample and each sample's first label is -100, as packed.
+    Only flash attention keeps the samples apart without a mask; the train
+    stage uses this collator only then.
+    """
+
+    def __init__(self, pad_id: int, count_tokens: bool = False):
+        from transformers import DataCollatorWithFlattening
+
+        self.pad_id = pad_id
+        self.count_tokens = count_tokens
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, batch: list[dict]) -> dict:
+        samples = [{"input_ids": list(ids), "labels": list(labs)} for item in batch
+                   for ids, labs in (item["segments"] if "segments" in item else [(item["input_ids"], item["labels"])])]
+        out = dict(self.flatten(samples, return_tensors="pt"))
+        if self.count_tokens:
+            out[REAL_TOKENS] = sum(len(s["input_ids"]) for s in samples)
+        return out
 
 
 def as_dataset(examples: Sequence[Example], packing: bool, row_len: int) -> list[dict]:

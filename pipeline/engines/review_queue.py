@@ -18,7 +18,6 @@ names its file and line, as everywhere else.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -30,52 +29,30 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.decisions import DecisionLog, ReviewState, append_decisions
+from pipeline.core.decisions import DecisionLog, ReviewState, append_decisions, reviewer_logs
+from pipeline.core.team import (  # noqa: F401 (re-exported: the screen and tests name them here)
+    ACCEPTED,
+    EDITED,
+    PENDING,
+    REJECTED,
+    STATUS_CODES,
+    TAGGED,
+    decided_arrays,
+    id_key,
+    id_keys,
+    lookup,
+    state_code,
+)
 from pipeline.core.errors import UserError
 from pipeline.core.records import RecordError, body_kind, check_record, parse_line, reject_bom
 
 CHUNK = 8 << 20  # bytes scanned per batch: large enough for numpy, small for memory
 _PREFIX = np.frombuffer(b'{"id":"', dtype=np.uint8)
 _HEX_ID = re.compile(r"[0-9a-f]{16}")
-_ALL_HEX = re.compile(r"[0-9a-f]*")
 _HEAD = np.arange(24, dtype=np.int64)
 _NIBBLE = np.full(256, 255, dtype=np.uint8)  # hex digit → value; anything else → 255
 _NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
-
-# status codes in the per-sample status array
-PENDING, ACCEPTED, REJECTED = 0, 1, 2
-EDITED = 4
-TAGGED = 8
-STATUS_CODES = {"pending": PENDING, "accepted": ACCEPTED, "rejected": REJECTED}
-
-
-def id_key(rid: str) -> int:
-    """The 64-bit key of an id: the id itself when it is tenny's 16-hex form, else a hash."""
-    if len(rid) == 16 and _HEX_ID.fullmatch(rid):
-        return int(rid, 16)
-    return int.from_bytes(hashlib.blake2b(rid.encode("utf-8"), digest_size=8).digest(), "big")
-
-
-def id_keys(ids: list[str]) -> np.ndarray:
-    """``id_key`` of many ids at once: tenny's 16-hex ids are decoded in one C call."""
-    joined = "".join(ids)
-    # every id 16 long (the total alone lets a 12 and a 20 pass), all of them hex
-    if ids and min(map(len, ids)) == 16 and len(joined) == 16 * len(ids) and _ALL_HEX.fullmatch(joined):
-        return np.frombuffer(bytes.fromhex(joined), dtype=">u8").astype(np.uint64)
-    return np.fromiter((id_key(r) for r in ids), dtype=np.uint64, count=len(ids))
-
-
-def state_code(state: ReviewState | None) -> int:
-    if state is None:
-        return PENDING
-    code = STATUS_CODES.get(state.status, PENDING)
-    if state.text is not None:
-        code |= EDITED
-    if state.tags:
-        code |= TAGGED
-    return code
-
 
 @dataclass
 class Sample:
@@ -224,7 +201,7 @@ class LineIndex:
             obj = _parse(stripped, self.path, lineno)
             check_record(obj, self.path, lineno)
             keys[i] = id_key(obj["id"])
-            if not _HEX_ID.fullmatch(obj["id"]):
+            if not _HEX_ID.fullmatch(obj["id"]):  # a key that is not the id itself: keep the id
                 self.slow_ids[lineno] = obj["id"]
             keep[i] = True
         return keys, keep
@@ -266,11 +243,16 @@ def _parse(raw: bytes, path: Path, lineno: int) -> dict:
 # ---------------------------------------------------------------- filters
 
 
+# Team filters: mine (I decided), undecided (nobody has), needs-more (someone has, fewer than
+# review.overlap and no adjudicator), disagreements (one reviewer accepted, another rejected).
+TEAM_FILTERS = ("mine", "undecided", "needs-more", "disagreements")
+
+
 @dataclass(frozen=True)
 class Filter:
     """Which samples the queue shows: all, a status, edited, a tag, or a slot value."""
 
-    kind: str = "all"  # all | pending | accepted | rejected | edited | tag | slot
+    kind: str = "all"  # all | pending | accepted | rejected | edited | tag | slot | TEAM_FILTERS
     name: str = ""  # tag name, or slot key
     value: str = ""  # slot value
 
@@ -288,7 +270,7 @@ class Filter:
         spec = spec.strip()
         if spec in ("", "all"):
             return cls()
-        if spec in ("pending", "accepted", "rejected", "edited"):
+        if spec in ("pending", "accepted", "rejected", "edited") + TEAM_FILTERS:
             return cls(spec)
         if spec.startswith("tag:") and spec[4:].strip():
             return cls("tag", spec[4:].strip())
@@ -296,7 +278,8 @@ class Filter:
             key, _, value = spec.partition("=")
             if key.strip():
                 return cls("slot", key.strip(), value.strip())
-        raise ValueError(f"unknown filter {spec!r}: use all, pending, accepted, rejected, edited, tag:NAME or KEY=VALUE")
+        raise ValueError(f"unknown filter {spec!r}: use all, pending, accepted, rejected, edited, mine, undecided, "
+                         "needs-more, disagreements, tag:NAME or KEY=VALUE")
 
     def wants_state(self, code: int, state: ReviewState | None) -> bool:
         if self.kind == "all":
@@ -334,7 +317,9 @@ class ReviewQueue:
     Filters, search and bulk actions want the whole index (``ready``).
     """
 
-    def __init__(self, records: str | os.PathLike, decisions: str | os.PathLike, by: str | None = None):
+    def __init__(self, records: str | os.PathLike, decisions: str | os.PathLike, by: str | None = None, *,
+                 overlap: int = 1, adjudicators: Iterable[str] = (), me: str | None = None,
+                 team_dir: str | os.PathLike | None = None):
         self.index = LineIndex(records)
         self.log = DecisionLog(decisions, by=by)
         self._status = np.zeros(1024, dtype=np.uint8)
@@ -343,32 +328,79 @@ class ReviewQueue:
         self._decided_keys = np.zeros(0, dtype=np.uint64)
         self._decided_codes = np.zeros(0, dtype=np.uint8)
         self._touched_during_index: set[str] = set()
+        # The team: every other log in the folder of ours, followed as it grows. Per sample,
+        # one status byte per other reviewer (columns in ``others`` order).
+        self.overlap = overlap
+        self.adjudicators = set(adjudicators)
+        self.me = me if me is not None else self.log.path.stem
+        self.team_dir = Path(team_dir) if team_dir is not None else None  # None: one log, no team
+        self.others: dict[str, DecisionLog] = {}
+        self._ostat = np.zeros((1024, 0), dtype=np.uint8)
+        # Derived from _ostat once per change, so a key press costs a pass over bytes, not over columns:
+        # how many other people decided each sample, and whether an adjudicator did.
+        self._ocount = np.zeros(1024, dtype=np.uint8)
+        self._oset = np.zeros(1024, dtype=bool)
+        self._oarrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # each other log's decided keys and codes
+        self._lock = threading.Lock()  # the opening thread and the screen's loop both code batches
+        # The judge's sort (key s): positions in the order shown, and each position's place in it.
+        self.order: np.ndarray | None = None
+        self._rank: np.ndarray | None = None
+        self.sort_label = "file order"
+        self._team_counts = None  # (log offsets it was figured at, done, progress per reviewer)
+        self.team_ready = team_dir is None  # the other logs are folded (opening folds them in a thread)
+        self.team_error: Exception | None = None
 
     # -- opening
 
-    def open_log(self) -> None:
-        """Repair and fold the review log (raises RecordError naming a bad line)."""
+    def open_log(self, team: bool = True) -> None:
+        """Repair and fold the review log, then read the team's (raises RecordError naming a bad line)."""
         self.log.open()
         self._rebuild_decided()
+        if team:
+            self._load_team()
+
+    def _load_team(self) -> None:
+        """Fold the other reviewers' logs (``opening`` runs this in a thread once the first sample shows)."""
+        try:
+            self._find_others(initial=True)
+        except Exception as err:  # a teammate's bad line: said on the screen; my review goes on
+            self.team_error = err
+        finally:
+            self.team_ready = True
+
+    def _find_others(self, initial: bool = False) -> list[str]:
+        """Fold the logs of reviewers who appeared in the folder since the last look; return their names."""
+        found: dict[str, DecisionLog] = {}
+        if self.team_dir is None or not (initial or self.team_ready):
+            return []
+        for name, path in reviewer_logs(self.team_dir).items():
+            if path.resolve() == self.log.path.resolve() or name in self.others:
+                continue
+            log = DecisionLog(path)
+            log.read_settled()  # another reviewer's cut last line is theirs to repair: skipped here
+            found[name] = log
+        if found:
+            arrays = {name: decided_arrays(log) for name, log in found.items()}
+            # Columns and the others' list change together, under the lock the indexing thread codes
+            # batches with: every position is coded once for each reviewer, here or by _code.
+            # The screen's thread reads these without the lock: everything is built aside and
+            # swapped in with the list of names last, so it never sees a name without its column.
+            with self._lock:
+                others = {**self.others, **found}
+                self._oarrays.update(arrays)
+                cols = np.zeros((self._ostat.shape[0], len(others)), dtype=np.uint8)
+                cols[:, : self._ostat.shape[1]] = self._ostat
+                n = len(self)
+                for name, (k, c) in arrays.items():
+                    cols[:n, list(others).index(name)] = lookup(k, c, self.index.keys[:n])
+                count, settled = self._derive(cols, list(others))
+                self._ostat, self._ocount, self._oset = cols, count, settled
+                self.others = others
+                self._team_counts = None
+        return list(found)
 
     def _rebuild_decided(self) -> None:
-        ids, codes_list = [], []
-        for rid, value in self.log.hist.items():
-            # most ids hold one plain accept ("a") or reject ("r"): no replay needed
-            if value == "a":
-                code = ACCEPTED
-            elif value == "r":
-                code = REJECTED
-            else:
-                code = state_code(self.log.state(rid))
-                if not code:
-                    continue
-            ids.append(rid)
-            codes_list.append(code)
-        keys = id_keys(ids)
-        codes = np.array(codes_list, dtype=np.uint8)
-        order = np.argsort(keys)
-        self._decided_keys, self._decided_codes = keys[order], codes[order]
+        self._decided_keys, self._decided_codes = decided_arrays(self.log)
 
     def opening(self) -> Iterator[int | None]:
         """Open the log and the index together; after each batch, yield where to resume (None: not known yet).
@@ -382,9 +414,13 @@ class ReviewQueue:
 
         def fold() -> None:
             try:
-                self.open_log()
+                self.open_log(team=False)
             except BaseException as err:  # handed to the indexing thread below
                 failed.append(err)
+                return
+            # The team's logs next, while the first sample is already up: the resume point counts
+            # my own log at first, and records the team has done leave my queue once these are read.
+            threading.Thread(target=self._load_team, name="tenny-review-team", daemon=True).start()
 
         log_thread = threading.Thread(target=fold, name="tenny-review-log", daemon=True)
         log_thread.start()
@@ -396,28 +432,46 @@ class ReviewQueue:
                 continue
             if failed:
                 raise failed[0]
-            self._status[coded:stop] = self._codes_for(self.index.keys[coded:stop])
+            self._code(coded, stop)
             coded = stop
             yield self.first_pending()
         log_thread.join()
         if failed:
             raise failed[0]
         n = len(self)
-        self._status[coded:n] = self._codes_for(self.index.keys[coded:n])
+        self._code(coded, n)
         yield self.first_pending()
+
+    def _code(self, start: int, stop: int) -> None:
+        """Status bytes (ours and each other reviewer's) of positions [start, stop) from the folded logs."""
+        keys = self.index.keys[start:stop]
+        self._status[start:stop] = self._codes_for(keys)
+        with self._lock:
+            for j, name in enumerate(self.others):
+                k, c = self._oarrays[name]
+                self._ostat[start:stop, j] = lookup(k, c, keys)
+            self._recount(start, stop)
 
     def _grow_status(self, stop: int) -> None:
         if stop > len(self._status):
             grown = np.zeros(max(2 * len(self._status), stop), dtype=np.uint8)
             grown[: len(self._status)] = self._status
             self._status = grown
+        if stop > self._ostat.shape[0]:
+            with self._lock:
+                cap = max(2 * self._ostat.shape[0], stop)
+                grown = np.zeros((cap, self._ostat.shape[1]), dtype=np.uint8)
+                grown[: self._ostat.shape[0]] = self._ostat
+                count, settled = np.zeros(cap, np.uint8), np.zeros(cap, bool)
+                count[: len(self._ocount)], settled[: len(self._oset)] = self._ocount, self._oset
+                self._ostat, self._ocount, self._oset = grown, count, settled
 
     def open(self) -> None:
         """Everything at once (tests, tools): log, then the whole index."""
         self.open_log()
         self.index.scan()
         self._grow_status(len(self))
-        self._status[: len(self)] = self._codes_for(self.keys)
+        self._code(0, len(self))
 
     @property
     def ready(self) -> bool:
@@ -452,8 +506,148 @@ class ReviewQueue:
     def state(self, rid: str) -> ReviewState | None:
         return self.log.state(rid)
 
+    def set_order(self, order: np.ndarray | None, label: str = "file order") -> None:
+        """Show the samples in ``order`` (positions; None: file order). Wants the whole index."""
+        self.order, self.sort_label = order, label
+        if order is None:
+            self._rank = None
+        else:
+            self._rank = np.empty(len(order), np.int64)
+            self._rank[order] = np.arange(len(order))
+
+    def _after(self, pos: int, step: int) -> np.ndarray:
+        """Positions after (step 1) or before (step -1) ``pos`` in the shown order, nearest first."""
+        r = int(self._rank[pos]) if pos >= 0 else -1
+        return self.order[r + 1:] if step > 0 else self.order[:max(r, 0)][::-1]
+
+    def _for_me_at(self, positions: np.ndarray) -> np.ndarray:
+        mine = (self._status[positions] & 3) == PENDING
+        count = self._ocount[positions].astype(np.int16)
+        settled = self._oset[positions]
+        if self.me not in self.adjudicators:
+            count = count + ~mine
+        return mine & (count < self.overlap) & ~settled
+
     def first_pending(self, after: int = -1) -> int | None:
-        return self._first((self.status[after + 1:] & 3) == PENDING, after + 1)
+        """The first sample after ``after`` still in my queue: not decided by me and not done."""
+        if self.order is not None and len(self.order) == len(self):
+            seq = self._after(after, 1)
+            for i in range(0, len(seq), 1 << 14):
+                block = seq[i:i + (1 << 14)]
+                hit = np.flatnonzero(self._for_me_at(block))
+                if len(hit):
+                    return int(block[hit[0]])
+            return None
+        step, at, n = 1 << 14, after + 1, len(self)
+        while at < n:  # in blocks: the next one is usually close, and 1M samples cost ~ms each
+            hit = self._first(self.for_me(at, min(n, at + step)), at)
+            if hit is not None:
+                return hit
+            at += step
+            step = min(step * 4, 1 << 20)
+        return None
+
+    # -- the team
+
+    @property
+    def ostat(self) -> np.ndarray:
+        return self._ostat[: len(self)]
+
+    def _people_cols(self) -> list[int]:
+        return [j for j, name in enumerate(self.others) if name not in self.adjudicators]
+
+    def _derive(self, ostat: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(other people who decided, an adjudicator decided) per row of ``ostat`` (columns: ``names``)."""
+        o = ostat & 3
+        people = [j for j, name in enumerate(names) if name not in self.adjudicators]
+        adj = [j for j in range(len(names)) if j not in people]
+        count = (o[:, people] != 0).sum(axis=1).astype(np.uint8) if people else np.zeros(len(o), np.uint8)
+        settled = (o[:, adj] != 0).any(axis=1) if adj else np.zeros(len(o), bool)
+        return count, settled
+
+    def _recount(self, at, stop: int | None = None) -> None:
+        """Refresh the derived counts at positions [at, stop), or at the positions array ``at``."""
+        where = slice(at, stop) if stop is not None else at
+        self._ocount[where], self._oset[where] = self._derive(self._ostat[where], list(self.others))
+
+    def deciders(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(how many people decided, whether an adjudicator did) per sample in [start, stop)."""
+        stop = len(self) if stop is None else stop
+        mine = (self._status[start:stop] & 3) != PENDING
+        count = self._ocount[start:stop].astype(np.int16)
+        settled = self._oset[start:stop]
+        if self.me in self.adjudicators:
+            settled = settled | mine
+        else:
+            count = count + mine
+        return count, settled
+
+    def done(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples that left everyone's queue: ``overlap`` people decided them, or an adjudicator did."""
+        count, settled = self.deciders(start, stop)
+        return (count >= self.overlap) | settled
+
+    def for_me(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """My queue: samples I have not decided that are not done."""
+        stop = len(self) if stop is None else stop
+        return ((self._status[start:stop] & 3) == PENDING) & ~self.done(start, stop)
+
+    def disagreements(self) -> np.ndarray:
+        o = self.ostat & 3
+        mine = self.status & 3
+        people = self._people_cols()
+        cols = [o[:, j] for j in people] + ([mine] if self.me not in self.adjudicators else [])
+        if len(cols) < 2:
+            return np.zeros(len(self), bool)
+        m = np.stack(cols, axis=1)
+        return (m == ACCEPTED).any(axis=1) & (m == REJECTED).any(axis=1)
+
+    def team_decisions(self, rid: str) -> dict[str, ReviewState]:
+        """Each reviewer's state for ``rid`` (me first), for the side-by-side view."""
+        out = {}
+        mine = self.log.state(rid)
+        if mine is not None and mine.status != "pending":
+            out[self.me] = mine
+        for name, log in self.others.items():
+            state = log.state(rid)
+            if state is not None and state.status != "pending":
+                out[name] = state
+        return out
+
+    def progress(self) -> dict[str, int]:
+        """Decided samples per other reviewer (in this file), and how many are done."""
+        out = {name: int(np.count_nonzero(self.ostat[:, j] & 3)) for j, name in enumerate(self.others)}
+        return out
+
+    def sync_team(self) -> list[str]:
+        """Fold what other reviewers appended (and logs that appeared); return the names that changed."""
+        if not self.team_ready:
+            return []
+        changed = self._find_others()
+        for j, (name, log) in enumerate(self.others.items()):
+            try:
+                size = log.path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size == log.offset:
+                continue  # the cheap check most ticks end at: nothing appended
+            touched = log.poll()
+            if not touched:
+                continue
+            changed.append(name)
+            if len(touched) > 256:
+                k, c = self._oarrays[name] = decided_arrays(log)
+                self._ostat[: len(self), j] = lookup(k, c, self.keys)
+                self._recount(0, len(self))
+            else:
+                keys = self.keys
+                for rid in set(touched):
+                    at = np.flatnonzero(keys == np.uint64(id_key(rid)))
+                    self._ostat[at, j] = state_code(log.state(rid))
+                    self._recount(at)
+        if changed and self.mask is not None and self.filter.kind != "slot":
+            self.mask = self._state_mask(self.filter)
+        return changed
 
     @staticmethod
     def _first(mask: np.ndarray, offset: int) -> int | None:
@@ -467,8 +661,15 @@ class ReviewQueue:
         st = status & 3
         accepted = int(np.count_nonzero(st == ACCEPTED))
         rejected = int(np.count_nonzero(st == REJECTED))
-        return {"total": len(self), "accepted": accepted, "rejected": rejected,
-                "reviewed": accepted + rejected, "edited": int(np.count_nonzero(status & EDITED))}
+        out = {"total": len(self), "accepted": accepted, "rejected": rejected,
+               "reviewed": accepted + rejected, "edited": int(np.count_nonzero(status & EDITED))}
+        if self.others:
+            # a pass over every sample per reviewer: figured once per change, not once per redraw
+            key = (self.log.offset, tuple(log.offset for log in self.others.values()), len(self))
+            if self._team_counts is None or self._team_counts[0] != key:
+                self._team_counts = (key, int(np.count_nonzero(self.done())), self.progress())
+            out["done"], out["team"] = self._team_counts[1], self._team_counts[2]
+        return out
 
     # -- the filter
 
@@ -487,6 +688,17 @@ class ReviewQueue:
             self.mask = self._state_mask(flt)
 
     def _state_mask(self, flt: Filter) -> np.ndarray:
+        if flt.kind == "pending":
+            return self.for_me()
+        if flt.kind == "mine":
+            return (self.status & 3) != PENDING
+        if flt.kind in ("undecided", "needs-more"):
+            count, settled = self.deciders()
+            if flt.kind == "undecided":
+                return (count == 0) & ~settled
+            return (count > 0) & (count < self.overlap) & ~settled
+        if flt.kind == "disagreements":
+            return self.disagreements()
         if flt.kind in STATUS_CODES:
             return (self.status & 3) == STATUS_CODES[flt.kind]
         if flt.kind == "edited":
@@ -569,6 +781,11 @@ class ReviewQueue:
     def next_visible(self, pos: int, step: int = 1) -> int | None:
         """The next (step 1) or previous (step -1) sample the filter shows."""
         n = len(self)
+        if self.order is not None and len(self.order) == n:
+            seq = self._after(pos, step)
+            if self.mask is not None:
+                seq = seq[self.mask[seq]]
+            return int(seq[0]) if len(seq) else None
         if step > 0:
             if pos + 1 >= n:
                 return None
@@ -597,10 +814,24 @@ class ReviewQueue:
 
     def visible_rank(self, pos: int) -> int:
         """1-based rank of ``pos`` among the shown samples."""
+        if self.order is not None and len(self.order) == len(self):
+            before = self.order[: int(self._rank[pos])]
+            return len(before) + 1 if self.mask is None else int(np.count_nonzero(self.mask[before])) + 1
         return pos + 1 if self.mask is None else int(np.count_nonzero(self.mask[:pos])) + 1
 
     def visible_positions(self) -> np.ndarray:
         return np.arange(len(self)) if self.mask is None else np.flatnonzero(self.mask)
+
+    def sort_by_scores(self, scores: np.ndarray, how: str) -> None:
+        """Order by the judge's score per position (0: unscored, last): ``score`` (best first),
+        ``uncertain`` (nearest the middle of 1-10 first), or ``file``."""
+        if how == "file":
+            self.set_order(None)
+            return
+        s = scores[: len(self)].astype(np.float64)
+        key = -s if how == "score" else np.abs(s - 5.5)
+        key[s == 0] = np.inf
+        self.set_order(np.argsort(key, kind="stable"), "judge score" if how == "score" else "most uncertain first")
 
     # -- deciding
 
@@ -650,13 +881,21 @@ class ReviewQueue:
                 self.mask = self._state_mask(self.filter)
             return
         keys = self.keys
+        kind = self.filter.kind
         for rid in ids:
             at = np.flatnonzero(keys == np.uint64(id_key(rid)))
             state = self.log.state(rid)
             code = state_code(state)
             self._status[at] = code
-            if self.mask is not None and self.filter.kind != "slot":
+            if self.mask is None or kind == "slot":
+                continue
+            if kind == "pending":  # my queue: what I have not decided and is not done
+                for p in at:
+                    self.mask[p] = bool(self.for_me(int(p), int(p) + 1)[0])
+            elif kind not in TEAM_FILTERS:
                 self.mask[at] = self.filter.wants_state(code, state)
+        if self.mask is not None and kind in TEAM_FILTERS and ids:
+            self.mask = self._state_mask(self.filter)
 
     def position_of(self, rid: str) -> int | None:
         at = np.flatnonzero(self.keys == np.uint64(id_key(rid)))

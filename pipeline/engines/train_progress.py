@@ -7,7 +7,9 @@ The train stage writes, under ``dvclive/``:
   updated_at (pipeline/core/run_status.py writes it);
 - ``metrics.json``: the latest value of every metric;
 - ``plots/metrics/<group>/<name>.tsv``: one line per logged step
-  (columns ``[timestamp] step <name>``).
+  (columns ``[timestamp] step <name>``);
+- ``samples.jsonl``: answers to a few held-out prompts every N steps
+  (pipeline/engines/train_samples.py), one JSON object per line.
 
 A watcher must never slow the run and never crash on a file caught mid-write,
 so :class:`ProgressReader` only reads the bytes appended since the last poll,
@@ -49,10 +51,21 @@ class Progress:
     base_model: str | None = None
     last_checkpoint: str | None = None
     resumed_from_step: int | None = None  # the run continued from a checkpoint at this step
+    kept_step: int | None = None  # early stopping: the step whose weights the run kept
+    best_step: int | None = None  # early stopping: the best val loss so far, at this step
+    stop_reason: str | None = None  # early stopping: why it stopped and what it kept
     error: str | None = None  # what the train stage recorded when it failed
     latest: dict[str, float] = field(default_factory=dict)  # "train/loss" → last value
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # "train/loss" → [(step, value)]
     problems: list[str] = field(default_factory=list)  # half-written or unreadable files, by name
+    samples: list[dict] = field(default_factory=list)  # samples.jsonl rows: step, prompt, answer, eos, ...
+
+    def sample_steps(self) -> list[int]:
+        """The steps that have answers, in order."""
+        return sorted({row["step"] for row in self.samples})
+
+    def answers_at(self, step: int) -> list[dict]:
+        return [row for row in self.samples if row["step"] == step]
 
     @property
     def fraction(self) -> float | None:
@@ -61,10 +74,11 @@ class Progress:
         return max(0.0, min(1.0, self.step / self.total_steps))
 
     def value(self, name: str) -> float | None:
-        if name in self.latest:
-            return self.latest[name]
+        # The series get every logged point; metrics.json is rewritten at most once a second.
         points = self.series.get(name)
-        return points[-1][1] if points else None
+        if points:
+            return points[-1][1]
+        return self.latest.get(name)
 
 
 class _Tail:
@@ -114,6 +128,45 @@ class _Tail:
         return restarted, rows
 
 
+class _Lines(_Tail):
+    """Appended complete JSON lines of one file since the last read; a line that does not parse is skipped."""
+
+    def read_new(self) -> tuple[bool, list]:  # type: ignore[override]
+        try:
+            st = self.path.stat()
+        except OSError:
+            # Gone (a new run cleared the folder): start over when it comes back.
+            restarted = self.offset > 0
+            self.offset, self.pending, self.ino = 0, b"", None
+            return restarted, []
+        restarted = False
+        if (self.ino is not None and st.st_ino != self.ino) or st.st_size < self.offset:
+            self.offset, self.pending, restarted = 0, b"", True
+        self.ino = st.st_ino
+        if st.st_size == self.offset:
+            return restarted, []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(st.st_size - self.offset)
+        except OSError:
+            return restarted, []
+        self.offset += len(data)
+        data = self.pending + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.pending = data
+            return restarted, []
+        self.pending = data[cut + 1:]
+        rows = []
+        for raw in data[:cut].split(b"\n"):
+            try:
+                rows.append(json.loads(raw))
+            except ValueError:
+                continue
+        return restarted, rows
+
+
 def _read_json(path: Path) -> tuple[bool, Any]:
     """(ok, value). ok=False for a file that is missing or does not parse yet."""
     try:
@@ -157,6 +210,8 @@ class ProgressReader:
         self._series: dict[str, list[tuple[int, float]]] = {}
         self._run: dict = {}
         self._metrics: dict = {}
+        self._samples: list[dict] = []
+        self._samples_tail: _Lines | None = None
 
     def poll(self, now: float | None = None) -> Progress:
         now = time.time() if now is None else now
@@ -183,6 +238,7 @@ class ProgressReader:
             self._metrics = {}
 
         self._read_plots()
+        p.samples = self._read_samples()
 
         run = self._run
         p.status = str(run.get("status") or ("running" if self._series or self._metrics else "waiting"))
@@ -190,6 +246,9 @@ class ProgressReader:
         p.eta_s = _num(run.get("eta_s"))
         p.started_at = _num(run.get("started_at"))
         p.resumed_from_step = _int(run.get("resumed_from_step"))
+        p.kept_step = _int(run.get("kept_step"))
+        p.best_step = _int(run.get("best_step"))
+        p.stop_reason = None if run.get("stop_reason") is None else str(run["stop_reason"])
         p.updated_at = _num(run.get("updated_at"))
         for key in ("device", "quantization", "base_model", "last_checkpoint", "error"):
             value = run.get(key)
@@ -240,6 +299,19 @@ class ProgressReader:
                 # Thin the old half evenly so a long run's chart keeps its shape in bounded memory.
                 half = len(points) // 2
                 points[:half] = points[:half:2]
+
+    def _read_samples(self) -> list[dict]:
+        """samples.jsonl's complete lines (a cut last line waits for the next poll)."""
+        tail = self._samples_tail
+        if tail is None or tail.path != self.dir / rs.SAMPLES:
+            tail = self._samples_tail = _Lines(self.dir / rs.SAMPLES)
+        restarted, rows = tail.read_new()
+        if restarted:
+            self._samples = []
+        for row in rows:
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("answer"), str):
+                self._samples.append(row)
+        return list(self._samples)
 
     def _newest_mtime(self) -> float | None:
         newest = None
@@ -361,6 +433,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def sample_lines(rows: list[dict]) -> list[str]:
+    """Answers for a terminal, grouped by step: a ``step N`` line, then ``prompt → answer`` with its flags.
+
+    Model text: the caller makes it safe (pipeline.core.text.clean) before printing.
+    """
+    out: list[str] = []
+    step = None
+    for row in rows:
+        if row["step"] != step:
+            step = row["step"]
+            out.append(f"step {step}")
+        flags = [] if row.get("eos", True) else ["no EOS: cut at the limit"]
+        if row.get("repeated_4grams"):
+            flags.append(f"{row['repeated_4grams']} repeated 4-grams")
+        answer = " ".join(str(row.get("answer", "")).split())
+        out.append(f"  {row.get('prompt', '')} → {answer or '(empty)'}" + (f"  [{'; '.join(flags)}]" if flags else ""))
+    return out
+
+
 def summary_line(p: Progress, now: float | None = None) -> str:
     """One line for a terminal (tenny train-watch --once, logs over SSH)."""
     now = time.time() if now is None else now
@@ -383,6 +474,8 @@ def summary_line(p: Progress, now: float | None = None) -> str:
         parts.append(p.device)
     if p.resumed_from_step is not None:
         parts.append(f"resumed from step {p.resumed_from_step}")
+    if p.kept_step is not None:
+        parts.append(f"kept step {p.kept_step} (best val loss)")
     if p.last_checkpoint:
         parts.append(f"checkpoint {p.last_checkpoint}")
     if p.updated_at:

@@ -4,8 +4,11 @@ Reads data/deduped/samples.jsonl and the review log; writes
 data/final/{train,val}.jsonl, reports/dataset.json (counts, token figures,
 warnings) and reports/token_lengths.csv (the histogram DVC plots).
 
-- ``build.include``: ``not_rejected`` keeps everything no one rejected;
-  ``accepted`` keeps only what a reviewer accepted or edited.
+- ``build.include``: how the reviewers' logs (data/reviews/<name>.jsonl, one per
+  reviewer) choose what is kept: ``not_rejected``, ``accepted``, ``majority``,
+  ``unanimous``, ``adjudicated`` (``pipeline.core.team.Settled``; docs/review.md).
+  The report counts the records each rule took; reviewer agreement goes to
+  reports/review.json (a DVC metric).
 - An edit replaces the sample's editable part (text; a completion; the last
   assistant turn) and keeps the id; tags and the review status go into meta.
 - The split is by a hash of (seed, id): a sample stays on its side of the
@@ -14,6 +17,10 @@ warnings) and reports/token_lengths.csv (the histogram DVC plots).
   (system + user + assistant); text records get their user turn from
   ``build.user_template`` filled from meta. ``text`` keeps text and
   prompt/completion records as they are.
+- Token counts are the tokens train feeds the model (modeling.encode_example,
+  turn end included); ``over_max_seq_len`` warns at ``train.max_seq_len``,
+  past which train leaves a sample out rather than cut its turn end. A chat
+  template with no turn end fails here (engines/turn_end.py, ``build.stop_token``).
 """
 
 from __future__ import annotations
@@ -22,17 +29,19 @@ import hashlib
 import statistics
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.core import paths
-from pipeline.core.decisions import ReviewState, load_states
+from pipeline.core.decisions import ReviewState, load_states  # noqa: F401 (bench/bench_build.py times it via build)
 from pipeline.core.errors import UserError
 from pipeline.core.params import BuildParams, Params
 from pipeline.core.records import atomic_writer, body_kind, dumps, read_records, with_editable_text, write_json
+from pipeline.core.team import Settled, Team, id_key
+from pipeline.engines.prescore_file import PRESCORE, Scores, read_scores
 
 MAX_EXAMPLE_IDS = 5
 
@@ -194,11 +203,24 @@ def read_unique(path: Path) -> Iterator[dict]:
             pass
 
 
-def included(records: Iterator[dict], states: Mapping[str, ReviewState], include: str, tally: Counter) -> Iterator[dict]:
+def included(records: Iterator[dict], settled: Settled, tally: Counter, rules: Counter,
+             judge: tuple[Scores, int] | None = None) -> Iterator[dict]:
+    """The records the policy keeps, reviewed; ``tally`` counts by status, ``rules`` by the rule that decided.
+
+    ``judge`` (scores, T): a record no person decided is kept when the judge scored it T or more
+    (build.judge_above), and left out otherwise; a person's decision always wins over the judge's.
+    """
+    keep_pending = settled.policy == "not_rejected"
     for record in records:
-        state = states.get(record["id"])
+        rule, state = settled.decide(record["id"])
         status = state.status if state else "pending"
-        if status == "rejected" or (include == "accepted" and status != "accepted"):
+        kept = status == "accepted" or (status == "pending" and keep_pending)
+        if judge is not None and rule == "undecided":
+            score = int(judge[0].lookup(np.array([id_key(record["id"])], np.uint64))[0])
+            rule = "judge_above" if score else "judge_unscored"
+            kept = score >= judge[1]
+        rules[f"{rule}: {'kept' if kept else 'left out'}"] += 1
+        if not kept:
             tally[f"excluded_{status}"] += 1
             continue
         if state and state.edited:
@@ -215,13 +237,25 @@ def run(params: Params, args: Any = None) -> int:
     bp = params.build
     if not paths.DEDUPED.exists():
         raise UserError(f"{paths.DEDUPED}: missing; run `tenny dedupe` (or `dvc repro dedupe`) first")
-    states = load_states(paths.DECISIONS)
-    count_tokens, tokenizer_name = token_counter(paths.BASE_DIR, bp.format)
-    checks = Checks(bp.max_seq_len)
+    team = Team.load(paths.REVIEWS_DIR)
+    rp = params.review
+    team.check_adjudicators(rp.adjudicators)
+    settled = Settled(team, bp.include, rp.overlap, rp.adjudicators)
+    for note in team.notes:
+        print(f"  note: {note}")
+    rules: Counter = Counter()
+    scores = read_scores(PRESCORE)  # the judge of the file's latest rows; other judges' rows are stale, unused
+    judge = (scores, bp.judge_above) if bp.judge_above is not None else None
+    if judge is not None and not len(scores):
+        raise UserError(f"build.judge_above: {bp.judge_above} needs the judge's scores in {PRESCORE}; set "
+                        "review.prescore: true and run `tenny review` (or set build.judge_above: null)")
+    count_tokens, tokenizer_name = token_counter(paths.BASE_DIR, bp.format, bp.stop_token)
+    max_len = params.train.max_seq_len  # the trainer's length: what it leaves out is what build warns about
+    checks = Checks(max_len)
     tally: Counter = Counter()
     lengths = {"train": [], "val": []}
     with atomic_writer(paths.TRAIN) as train_fh, atomic_writer(paths.VAL) as val_fh:
-        for record in included(read_unique(paths.DEDUPED), states, bp.include, tally):
+        for record in included(read_unique(paths.DEDUPED), settled, tally, rules, judge):
             formatted = to_format(record, bp)
             n_tokens = count_tokens(formatted)
             checks.check(formatted, n_tokens, templated_prompt=body_kind(record) == "text")
@@ -245,17 +279,28 @@ def run(params: Params, args: Any = None) -> int:
         "train": len(lengths["train"]),
         "val": len(lengths["val"]),
         "review": dict(sorted(tally.items())),
-        "tokens": {"train": length_stats(lengths["train"], bp.max_seq_len),
-                   "val": length_stats(lengths["val"], bp.max_seq_len),
-                   "all": length_stats(all_lengths, bp.max_seq_len)},
+        "reviewers": team.names,
+        "review_rules": dict(sorted(rules.items())),
+        "review_notes": team.notes,
+        "max_seq_len": max_len,
+        "tokens": {"train": length_stats(lengths["train"], max_len),
+                   "val": length_stats(lengths["val"], max_len),
+                   "all": length_stats(all_lengths, max_len)},
         "warnings": checks.to_json(),
         "warnings_total": sum(checks.counts.values()),
     }
     write_json(paths.DATASET_REPORT, report)
+    from pipeline.engines.agreement import agreement  # numpy statistics over the logs: only when the stage runs
+
+    write_json(paths.REVIEW_REPORT, {"overlap": rp.overlap, "adjudicators": rp.adjudicators, "include": bp.include,
+                                     **agreement(team, rp.adjudicators, rp.overlap, scores)})
     print(f"build: {report['train']} train, {report['val']} val ({bp.format}, include={bp.include}); "
           f"{report['warnings_total']} warnings → {paths.DATASET_REPORT}")
     for kind, found in report["warnings"].items():
         print(f"  warning: {kind}: {found['count']} (e.g. {', '.join(found['examples'])})")
+    if checks.counts["over_max_seq_len"]:
+        print(f"  (over_max_seq_len: train leaves these out, never cut: a cut sample loses its turn end; "
+              f"raise train.max_seq_len ({max_len}) to keep them)")
     if bp.val_fraction > 0 and not lengths["val"]:
         print("  warning: val split is empty; eval needs val samples (raise build.val_fraction or add data)")
     return 0

@@ -3,7 +3,8 @@
 reports/eval.json (DVC metrics): val loss and perplexity of the base model and
 of base + adapter, on the same tokens the training loss counts (completions
 and assistant turns). reports/generations.jsonl: the eval prompts answered by
-both, side by side, greedy, so a re-run gives the same text.
+both, side by side, greedy, so a re-run gives the same text. Both stop at the
+turn end training taught, or at EOS (engines/turn_end.py).
 
 The answers are also measured offline (pipeline/engines/eval_metrics.py):
 variety, loops, length against the training answers, stopping on time,
@@ -32,13 +33,14 @@ from pipeline.engines.eval_metrics import answer_metrics, median_words
 from pipeline.engines.judging.runner import OFF_REPORT, Answers, judge_answers, prepare, summary, write_reports
 from pipeline.engines.modeling import (
     chat_text,
-    encode_example,
+    encode_within,
     load_base_model,
     load_tokenizer,
     pick_device,
     quiet_libraries,
 )
 from pipeline.engines.packing import PaddedCollator
+from pipeline.engines.turn_end import TurnEnds
 
 
 def mean_loss(model, examples, batch_size: int, pad_id: int, device: str) -> float:
@@ -110,8 +112,13 @@ def eval_prompts(ep, val: list[dict]) -> list[tuple[str, str | None]]:
     return [(p, None) for p in ep.prompts] + sample_val(val, ep.sample_val)
 
 
-def generate(model, tok, prompts: list[str], ep, device: str) -> tuple[list[str], list[int]]:
-    """Greedy answers and, for each, its token count before EOS (``max_new_tokens`` if cut off)."""
+def generate(model, tok, prompts: list[str], ep, device: str, stops: list[int]) -> tuple[list[str], list[int]]:
+    """Greedy answers and, for each, its token count before its stop (``max_new_tokens`` if cut off).
+
+    ``stops``: the turn end and EOS (engines/turn_end.py). They replace the
+    model's generation config, for the base side too: a base that stops only at
+    EOS would run past its turn and skew every figure about its answers.
+    """
     import torch
 
     tok.padding_side = "left"  # decoder-only: pad on the left so every row continues its own prompt
@@ -122,10 +129,10 @@ def generate(model, tok, prompts: list[str], ep, device: str) -> tuple[list[str]
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=ep.max_new_tokens, do_sample=False,
                                  repetition_penalty=ep.repetition_penalty, no_repeat_ngram_size=ep.no_repeat_ngram_size,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stops)
         for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-            # rows that stopped early are padded after their EOS (pad may be EOS itself)
-            n = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+            # rows that stopped early are padded after their stop (pad may be EOS itself)
+            n = next((k for k, t in enumerate(row) if t in stops), len(row))
             counts.append(n)
             out.append(tok.decode(row[:n], skip_special_tokens=True).strip())
     return out, counts
@@ -149,7 +156,12 @@ def run(params: Params, args: Any = None) -> int:
     val = all_val[: ep.max_val_samples] if ep.max_val_samples else all_val
     if not val:
         raise UserError(f"{paths.VAL}: empty; raise build.val_fraction so eval has samples to score")
-    examples = [encode_example(r, tok, tp.max_seq_len) for r in val]
+    ends = TurnEnds(tok, params.build.stop_token)
+    # Scored as train scores them: a sample longer than train.max_seq_len is left out, never cut.
+    examples, too_long = encode_within(val, tok, tp.max_seq_len, ends)
+    if not examples:
+        raise UserError(f"{paths.VAL}: every sample is longer than train.max_seq_len ({tp.max_seq_len} tokens, "
+                        f"longest {max(n for _, n in too_long)}); raise train.max_seq_len")
 
     base = load_base_model(paths.BASE_DIR, tp.quantization, device)
     model = PeftModel.from_pretrained(base, str(paths.ADAPTER_DIR))
@@ -162,13 +174,16 @@ def run(params: Params, args: Any = None) -> int:
     prompts = [p for p, _ in asked]
     references = [ref for _, ref in asked]
     rendered = [prompt_text(tok, p, params) for p in prompts]
-    adapter_out, adapter_tokens = generate(model, tok, rendered, ep, device)
+    stops = ends.for_format(params.build.format).stop_ids
+    adapter_out, adapter_tokens = generate(model, tok, rendered, ep, device, stops)
     with model.disable_adapter():
-        base_out, base_tokens = generate(model, tok, rendered, ep, device)
+        base_out, base_tokens = generate(model, tok, rendered, ep, device, stops)
     trained = train_answers(read_records(paths.TRAIN))
 
     report = {
         "val_samples": len(examples),
+        "val_over_max_seq_len": len(too_long),
+        "turn_end": ends.for_format(params.build.format).token,  # answers stop there and at EOS
         "val_tokens_scored": sum(sum(1 for x in labels[1:] if x != -100) for _, labels in examples),
         "base": {"loss": round(base_loss, 5), "perplexity": round(math.exp(base_loss), 4),
                  **answer_metrics(base_out, base_tokens, ep.max_new_tokens, trained, references)},
@@ -187,7 +202,8 @@ def run(params: Params, args: Any = None) -> int:
     print(f"eval: val perplexity base {report['base']['perplexity']:.2f} → adapter "
           f"{report['adapter']['perplexity']:.2f} ({len(examples)} samples) → {paths.EVAL_REPORT}")
 
-    judged, judgments = dict(OFF_REPORT), []
+    # Judge off: no verdicts, and one row that says so, because DVC warns about an empty output on every repro.
+    judged, judgments = dict(OFF_REPORT), [{"kind": "off", "note": "no verdicts: the judge is off (set eval.judge.model)"}]
     if judge is not None:
         judged, judgments = judge_answers(judge, [Answers(p, b, a) for p, b, a in zip(prompts, base_out, adapter_out)],
                                           baseline="base", challenger="adapter")

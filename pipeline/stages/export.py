@@ -1,11 +1,20 @@
 """Stage export: the adapter merged into the base, one folder that other tools serve.
 
 Inputs: models/base/, models/adapter/, params ``export``, ``build.format``,
-``build.system_prompt``, ``train.base_model``, ``train.quantization``.
+``build.system_prompt``, ``train.base_model``, ``train.quantization``,
+``eval.prompts`` (else data/final/val.jsonl's prompts) for the GGUF check.
 Output: models/merged/ (written whole or not at all): safetensors weights with
 the LoRA merged in, the tokenizer with the chat template and EOS it was trained
 with, generation_config.json whose eos ids end a turn where training ended it,
-and (``export.ollama``) a Modelfile saying the same in Ollama's terms.
+and (``export.ollama``) a Modelfile saying the same in Ollama's terms. The
+chat template puts ``build.system_prompt`` first in a chat without a system
+turn, as training did.
+
+With ``export.gguf`` (and ``export.gguf_adapter``): models/gguf/, GGUF files
+made by llama.cpp's own converter and quantizer, each run in llama.cpp on the
+eval prompts against the merged model, with reports/export.json
+(engines/gguf_export.py). ``export.gguf: []`` needs no llama.cpp and leaves
+models/gguf/ empty.
 
 The template and the stops are the point: a fine-tune learned one exact prompt
 layout and one exact end token. Served with another layout, or without that
@@ -24,15 +33,19 @@ from typing import Any
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
+from pipeline.core.records import read_records
+from pipeline.engines import gguf_export, gguf_files
 from pipeline.engines.modeling import (
     FALLBACK_CHAT_TEMPLATE,
     chat_text,
+    dequantize_to_float32,
     load_base_model,
     load_tokenizer,
     quiet_libraries,
     read_base_info,
     replace_dir,
 )
+from pipeline.engines.turn_end import TurnEnds
 
 # Ollama's legacy template form: run once per turn with .System/.Prompt/.Response;
 # for the turn being answered it stops right after {{ .Response }}.
@@ -73,6 +86,18 @@ def _fallback_template(eos: str) -> str:
 
 
 def chat_format(tok, params: Params) -> ChatFormat:
+    """The prompt layout for Ollama, ending where training ended answers (engines/turn_end.py)."""
+    fmt = _layout(tok, params)
+    try:
+        end = TurnEnds(tok, params.build.stop_token).for_format(params.build.format)
+    except UserError:  # no turn end tenny could train with (a template swapped after training): the layout's guess
+        return fmt
+    fmt.end_tokens = end.stop_tokens
+    fmt.stops = _unique(end.stop_tokens + fmt.stops)
+    return fmt
+
+
+def _layout(tok, params: Params) -> ChatFormat:
     """The tokenizer's chat template (and build.format) translated for Ollama."""
     eos = tok.eos_token
     system = params.build.system_prompt or None
@@ -156,9 +181,10 @@ def _quoted(value: str, what: str) -> str:
     return f'"{value}"'
 
 
-def modelfile(fmt: ChatFormat) -> str:
-    lines = [f"# Written by `tenny export` ({fmt.kind} chat format). Run: ollama create tenny -f {paths.MERGED_DIR}/Modelfile",
-             "FROM ."]
+def modelfile(fmt: ChatFormat, source: str = ".", folder=paths.MERGED_DIR) -> str:
+    """Ollama's recipe: FROM the merged folder (``.``) or a GGUF beside it (``./name.gguf``)."""
+    lines = [f"# Written by `tenny export` ({fmt.kind} chat format). Run: ollama create tenny -f {folder}/Modelfile",
+             f"FROM {source}"]
     if fmt.note:
         lines.append(f"# tenny: {fmt.note}")
     lines.append(f"TEMPLATE {_quoted(fmt.template, 'the chat template')}")
@@ -166,6 +192,33 @@ def modelfile(fmt: ChatFormat) -> str:
         lines.append(f"SYSTEM {_quoted(fmt.system, 'build.system_prompt')}")
     lines += [f"PARAMETER stop {_quoted(stop, 'a stop token')}" for stop in fmt.stops]
     return "\n".join(lines) + "\n"
+
+
+def with_default_system(tok, params: Params) -> str | None:
+    """The chat template with ``build.system_prompt`` as the system turn of a chat that has none.
+
+    Training put that system prompt in every example; a runtime that applies the
+    exported template (llama-server, vLLM, ``apply_chat_template``) to a chat
+    without a system turn must lay it out the same way, not with the base's own
+    default ("You are a helpful AI assistant named SmolLM ..."). None when there is
+    nothing to change: no system prompt, text format, or a template that refuses
+    system turns (the Modelfile's SYSTEM line still carries it there).
+    """
+    import jinja2
+
+    system = params.build.system_prompt
+    template = getattr(tok, "chat_template", None)
+    if params.build.format != "chat" or not system or not isinstance(template, str):
+        return None
+    try:
+        chat_text(tok, [{"role": "system", "content": system}, {"role": "user", "content": _USER}], True)
+    except jinja2.TemplateError:
+        return None
+    # A Jinja string literal both jinja2 and llama.cpp's engine read: only \\, ' and newlines escaped.
+    literal = "'" + system.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    return ("{%- if messages and messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
+            "{%- endif %}" + template)
 
 
 def token_ids(tok, tokens: list[str]) -> list[int]:
@@ -225,7 +278,7 @@ def run(params: Params, args: Any = None) -> int:
         # The adapter learned to correct the k-bit weights it trained on, so it is merged into
         # those, dequantized to float32 (never into 4-bit weights, never into the originals).
         # Before any forward pass: bitsandbytes' CPU kernel repacks 4-bit weights on first use.
-        model = model.dequantize()
+        model = dequantize_to_float32(model)  # from a bfloat16 base too: the merge runs in float32
     try:
         model = PeftModel.from_pretrained(model, str(adapter))
     except RuntimeError as err:  # "size mismatch for ...": the base changed shape since training
@@ -241,6 +294,9 @@ def run(params: Params, args: Any = None) -> int:
         config.eos_token_id = eos_ids
         config.pad_token_id = tok.pad_token_id
 
+    template = with_default_system(tok, params)
+    if template is not None:
+        tok.chat_template = template
     with replace_dir(out, prefix=".merged.") as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -250,4 +306,39 @@ def run(params: Params, args: Any = None) -> int:
         print(f"export: warning: {fmt.note} ({out}/Modelfile)", file=sys.stderr)
     stops = ", ".join(json.dumps(s) for s in fmt.stops)
     print(f"export: {params.export.dtype} weights, {fmt.kind} chat format, stop {stops} → {out}/")
+
+    # GGUF files from the folder just written (llama.cpp's tools), each checked in llama.cpp.
+    prompts = check_prompts(params)
+    ep = params.export
+    gguf_export.write(gguf_export.GGUFJob(
+        types=list(ep.gguf), adapter=ep.gguf_adapter, llama_cpp=ep.llama_cpp, check_tokens=ep.check_tokens,
+        name=gguf_files.run_name(base_info.get("source_name", base_info["source"]), adapter), merged_dir=out,
+        adapter_dir=adapter, prompts=prompts, rendered=[prompt_text(tok, p, params) for p in prompts],
+        end_ids=end_ids, turn_end=fmt.end_tokens[0],
+        modelfile=(lambda source: modelfile(fmt, source, paths.GGUF_DIR)) if ep.ollama else None), merged, tok)
     return 0
+
+
+def check_prompts(params: Params, limit: int = 5) -> list[str]:
+    """The prompts each GGUF is checked on: eval.prompts, else user turns of data/final/val.jsonl."""
+    if params.eval.prompts:
+        return list(params.eval.prompts)
+    if not paths.VAL.exists():
+        return []
+    found: list[str] = []
+    for record in read_records(paths.VAL):
+        user = record.get("prompt") or next((m["content"] for m in reversed(record.get("messages", []))
+                                             if m["role"] == "user"), None)
+        if user:
+            found.append(user)
+        if len(found) == limit:
+            break
+    return found
+
+
+def prompt_text(tok, user: str, params: Params) -> str:
+    """A user turn rendered as training rendered its examples (as the eval stage does)."""
+    if params.build.format == "chat":
+        system = [{"role": "system", "content": params.build.system_prompt}] if params.build.system_prompt else []
+        return chat_text(tok, system + [{"role": "user", "content": user}], add_generation_prompt=True)
+    return user

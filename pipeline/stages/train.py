@@ -2,17 +2,20 @@
 
 Inputs: models/base/, data/final/{train,val}.jsonl, params ``train``.
 Outputs: models/adapter/ (adapter + tokenizer via save_pretrained, and
-training.json: what was used), dvclive/ (live metrics; run.json says how far
-along the run is, for `tenny train-watch`), models/checkpoints/ (persisted
-across `dvc repro`: a killed run continues where its last checkpoint was).
+training.json: what was used and the run identity), dvclive/ (live metrics;
+run.json says how far along the run is, for `tenny train-watch`).
+Scratch, not an output: .tenny/checkpoints/run-<identity>/ (outside DVC: a
+killed run continues where its last checkpoint was; a finished run's are
+removed, so a re-run trains anew).
 
 The Trainer runs the loop, schedule, accumulation, precision, checkpoint
 contents and resume, and ``accelerate launch`` makes it data-parallel. tenny
 keeps what is its own: prompt-masked labels (modeling.encode_example),
-packing (engines/packing.py), sealed checkpoints of one run
-(engines/checkpoints.py), live figures under its own names
-(engines/train_callbacks.py). Seeded: the same params and data give the same
-adapter on the CPU, interrupted or not.
+packing (engines/packing.py), the run identity (engines/run_identity.py),
+sealed checkpoints of one run (engines/checkpoints.py), live figures under its
+own names (engines/train_callbacks.py), processes that stop together
+(engines/train_stop.py). Seeded: the same identity gives the same adapter on
+the CPU, interrupted or not.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import Params, TrainParams
 from pipeline.core.records import read_records, render_text, write_json
 from pipeline.core.run_status import RUN_JSON, RunStatus
-from pipeline.engines import checkpoints
+from pipeline.engines import checkpoints, run_identity
 from pipeline.engines.modeling import (
     check_target_modules,
-    encode_example,
+    encode_within,
     load_base_model,
     load_tokenizer,
     pick_device,
@@ -44,17 +47,24 @@ from pipeline.engines.modeling import (
     quiet_libraries,
     read_base_info,
     replace_dir,
+    too_long_report,
     train_tiny_tokenizer,
 )
-from pipeline.engines.packing import PackedCollator, PaddedCollator, as_dataset
+from pipeline.engines import train_samples, train_speed
+from pipeline.engines.packing import as_dataset
+from pipeline.engines.turn_end import TurnEnds
 
 OOM_HINT = ("out of GPU memory: lower train.batch_size (raise train.grad_accum to keep the global batch), "
             "lower train.max_seq_len, set train.gradient_checkpointing: true, train.quantization: 4bit, "
             "or train.liger_kernel: true; with train.packing: true a row holds max_seq_len tokens")
 
 
-def resume_point(tp: TrainParams, run_dir: Path) -> checkpoints.Checkpoint | None:
-    """The checkpoint to continue from, per train.resume; notes what it ignores."""
+def resume_point(tp: TrainParams, run_dir: Path, identity: run_identity.RunIdentity) -> checkpoints.Checkpoint | None:
+    """The checkpoint to continue from, per train.resume: only ever one of this run identity.
+
+    Checkpoints of other identities are ignored with one line each naming what
+    differs (code, data, params, base, init_adapter, processes); a named one is refused.
+    """
     if tp.resume == "never":
         return None
     if tp.resume != "auto":
@@ -62,10 +72,17 @@ def resume_point(tp: TrainParams, run_dir: Path) -> checkpoints.Checkpoint | Non
         if named is None:
             raise UserError(f"train.resume: {tp.resume}: not a complete tenny checkpoint "
                             f"(a {checkpoints.PREFIX}N folder holding {checkpoints.MARKER}); use auto or never")
-        checkpoints.check_compatible(named, tp.base_model, tp.lora.model_dump())
+        theirs = named.info.get("identity")
+        if not theirs or identity.differs(theirs):
+            raise UserError(f"train.resume: {named.path}: a checkpoint of another run "
+                            f"({run_identity.difference_note(identity, theirs)}); refused: a checkpoint continues "
+                            "only the run that made it. Set train.resume: auto or never, or train.init_adapter: "
+                            f"{named.path} to start from its weights")
         return named
     for other in checkpoints.other_runs(run_dir.parent, run_dir):
-        print(f"train: ignoring checkpoints of another run (other params or data) in {other}/")
+        newest = checkpoints.complete(other)[-1].step
+        note = run_identity.difference_note(identity, checkpoints.read_identity(other))
+        print(f"train: ignoring checkpoints of another run in {other}/ (step {newest}): {note}")
     found = checkpoints.complete(run_dir)
     return found[-1] if found else None
 
@@ -103,12 +120,19 @@ def training_arguments(tp: TrainParams, output_dir: Path, device: str, evaluate:
     import torch
     from transformers import TrainingArguments
 
+    from pipeline.engines.train_callbacks import early_stopping_arguments
+
+    # train.early_stopping: a checkpoint per eval (save_steps = eval_every), the best one restored at the end
+    saving = {"save_strategy": "steps", "save_steps": tp.save_every,
+              **(early_stopping_arguments(tp.eval_every) if tp.early_stopping and evaluate else {})}
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=tp.batch_size, per_device_eval_batch_size=tp.batch_size,
         gradient_accumulation_steps=tp.grad_accum,
         max_steps=tp.max_steps or 1,  # the stage sets it once the number of processes is known
-        learning_rate=tp.lr, lr_scheduler_type=tp.lr_scheduler, warmup_steps=tp.warmup_ratio,
+        # (and the warmup with it: warmup_steps(tp.warmup_ratio, max_steps))
+        learning_rate=tp.lr, lr_scheduler_type=tp.lr_scheduler,
+        warmup_steps=warmup_steps(tp.warmup_ratio, tp.max_steps or 1),
         weight_decay=tp.weight_decay, max_grad_norm=tp.max_grad_norm, optim=tp.optimizer,
         seed=tp.seed, data_seed=tp.seed, use_cpu=device == "cpu",
         bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
@@ -116,11 +140,22 @@ def training_arguments(tp: TrainParams, output_dir: Path, device: str, evaluate:
         gradient_checkpointing=tp.gradient_checkpointing and tp.quantization == "none",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=tp.liger_kernel and device == "cuda",
-        logging_steps=1, eval_strategy="steps" if evaluate else "no", eval_steps=tp.eval_every,
-        save_strategy="steps", save_steps=tp.save_every, save_total_limit=None,
+        logging_steps=train_speed.log_every(tp.log_every, device),
+        eval_strategy="steps" if evaluate else "no", eval_steps=tp.eval_every,
+        save_total_limit=None, **saving,
         prediction_loss_only=True, remove_unused_columns=False, label_names=["labels"],
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=tp.dataloader_workers,
+        torch_compile=tp.torch_compile, ddp_find_unused_parameters=False,
     )
+
+
+def warmup_steps(ratio: float, total_steps: int) -> int:
+    """train.warmup_ratio as whole steps, the rounding transformers uses (ceil).
+
+    Passed as an int: transformers >= 5 reads a float ``warmup_steps`` below 1
+    as a ratio, 4.x as a step count (0.05 would be no warmup at all).
+    """
+    return math.ceil(ratio * total_steps)
 
 
 def epochs_in_order(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -152,7 +187,14 @@ def run(params: Params, args: Any = None) -> int:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from pipeline.engines.train_callbacks import InOrderTrainer, LiveMetrics, SealCheckpoints, StopOnSignal
+    from pipeline.engines.train_callbacks import (
+        InOrderTrainer,
+        LiveMetrics,
+        SealCheckpoints,
+        early_stopping_callback,
+        early_stopping_report,
+    )
+    from pipeline.engines.train_stop import StopOnSignal, from_main, wait_for_everyone
 
     tp = params.train
     if tp.threads:
@@ -172,6 +214,9 @@ def run(params: Params, args: Any = None) -> int:
     val_records = list(read_records(paths.VAL))
     if not train_records:
         raise UserError(f"{paths.TRAIN}: empty; nothing to train on")
+    if tp.early_stopping and not val_records:
+        raise UserError(f"train.early_stopping: {paths.VAL} is empty, so there is no val loss to stop on: raise "
+                        "build.val_fraction (and run `tenny build`), or remove train.early_stopping")
 
     # ---- tokenizer, base model, LoRA
     info = read_base_info(paths.BASE_DIR)
@@ -184,7 +229,10 @@ def run(params: Params, args: Any = None) -> int:
         tok = train_tiny_tokenizer([render_text(r) for r in train_records], tp.tiny.vocab_size)
     else:
         tok = load_tokenizer(paths.BASE_DIR)
+    sampling = train_samples.plan(tp, params, tok, val_records)  # bad sample prompts fail now, not at step N
     model = load_base_model(paths.BASE_DIR, tp.quantization, distributed_device(device))
+    kernel = train_speed.attention(tp.attn_implementation, device)
+    train_speed.set_attention(model, kernel)
     model.config.use_cache = False  # packed rows stay apart only without a KV cache; training needs none
     model = prepare_for_lora(model, tp.quantization, tp.gradient_checkpointing)
     model = attach_lora(model, tp)
@@ -192,33 +240,51 @@ def run(params: Params, args: Any = None) -> int:
     total_params = sum(p.numel() for p in model.parameters())
 
     # ---- data
-    train_ex = [encode_example(r, tok, tp.max_seq_len) for r in train_records]
-    val_ex = [encode_example(r, tok, tp.max_seq_len) for r in val_records]
+    # A sample longer than max_seq_len is left out, never cut: cut, it loses its turn end (turn_end.py).
+    ends = TurnEnds(tok, params.build.stop_token)
+    train_ex, train_long = encode_within(train_records, tok, tp.max_seq_len, ends)
+    val_ex, val_long = encode_within(val_records, tok, tp.max_seq_len, ends)
+    too_long = too_long_report(train_long, val_long, tp.max_seq_len, bool(train_ex))
     rows = as_dataset(train_ex, tp.packing, tp.max_seq_len)
-    collator = (PackedCollator if tp.packing else PaddedCollator)(tok.pad_token_id)
+    collator = train_speed.collator_for(tp.packing, kernel, tok.pad_token_id)
 
-    # ---- where this run keeps its checkpoints, and where it starts
-    run_dir = paths.CHECKPOINTS_DIR / ("run-" + checkpoints.run_id(
-        tp.model_dump(mode="json"), [paths.TRAIN, paths.VAL], info))
-    start = resume_point(tp, run_dir)
-    if start is not None:
+    # ---- who this run is, where it keeps its checkpoints, where it starts: the main process
+    # decides (it alone reads the base's bytes) and every process takes its word.
+    targs = training_arguments(tp, paths.CHECKPOINTS_DIR, device, evaluate=bool(val_ex))
+    main_process = targs.process_index == 0
+    decided = None
+    if main_process:
+        identity = run_identity.identify(tp.model_dump(mode="json"), [paths.TRAIN, paths.VAL], paths.BASE_DIR,
+                                         Path(tp.init_adapter) if tp.init_adapter else None, targs.world_size,
+                                         cache_file=paths.STATE_DIR / "file_hashes.json")
+        run_dir = paths.CHECKPOINTS_DIR / f"run-{identity.id}"
+        start = resume_point(tp, run_dir, identity)
+        checkpoints.begin_run(run_dir, identity.as_json())
+        decided = (identity, run_dir, start)
+    identity, run_dir, start = from_main(decided)
+    targs.output_dir = str(run_dir)
+    if start is not None and main_process:
         print(f"train: resuming from step {start.step} ({start.path})", flush=True)
 
-    targs = training_arguments(tp, run_dir, device, evaluate=bool(val_ex))
     global_batch = tp.batch_size * tp.grad_accum * targs.world_size
     targs.max_steps = tp.max_steps or max(1, math.ceil(len(rows) * tp.epochs / global_batch))
+    targs.warmup_steps = warmup_steps(tp.warmup_ratio, targs.max_steps)
     train_set = epochs_in_order(rows, targs.max_steps * global_batch, tp.seed)
     paths.DVCLIVE_DIR.mkdir(exist_ok=True)
-    main_process = targs.process_index == 0
     status = RunStatus(paths.DVCLIVE_DIR / RUN_JSON, total_steps=None, device=device, quantization=tp.quantization,
                        base_model=tp.base_model, eta_s=None, run=run_dir.name)
-    live = LiveMetrics(paths.DVCLIVE_DIR, status, collator, start.step if start else None,
+    live = LiveMetrics(paths.DVCLIVE_DIR, status, start.step if start else None,
                        steps_per_epoch=len(rows) / global_batch)
-    stop = StopOnSignal()
-    seal_info = {"run": run_dir.name, "base_model": tp.base_model, "lora": tp.lora.model_dump()}
+    stop = StopOnSignal()  # first among the callbacks: every process has saved before the main one seals
+    seal_info = {"run": run_dir.name, "base_model": tp.base_model, "lora": tp.lora.model_dump(),
+                 "identity": identity.parts}
     trainer = InOrderTrainer(model=model, args=targs, data_collator=collator, train_dataset=train_set,
                              eval_dataset=[{"input_ids": i, "labels": lab} for i, lab in val_ex] or None,
-                             callbacks=[SealCheckpoints(seal_info, tp.keep_checkpoints), live, stop])
+                             callbacks=[stop, SealCheckpoints(seal_info, tp.keep_checkpoints), live])
+    samples = train_samples.callback(sampling, tp, paths.DVCLIVE_DIR, tok, start.step if start else None)
+    for extra in ([samples] if samples else []) + ([early_stopping_callback(tp.early_stopping)]
+                                                   if tp.early_stopping else []):
+        trainer.add_callback(extra)
     for quiet in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(quiet)
     started = time.time()
@@ -248,7 +314,9 @@ def run(params: Params, args: Any = None) -> int:
         live.close()
         if main_process:
             status.update(status="interrupted")
-        print(f"train: stopped at step {trainer.state.global_step}; run `tenny train` again to continue from its checkpoint")
+            print(f"train: stopped at step {trainer.state.global_step}; run `tenny train` again to continue from its checkpoint")
+        # No process exits before the main one is done: a launcher stops the others when one exits.
+        wait_for_everyone()
         return 128 + stop.received
 
     # ---- save: build beside, then swap in whole
@@ -260,11 +328,21 @@ def run(params: Params, args: Any = None) -> int:
                "final_train_loss": round(train_loss, 5), "final_val_loss": round(val_loss, 5),
                "trainable_params": trainable, "total_params": total_params,
                "resumed_from_step": start.step if start else None, "processes": targs.world_size,
-               "seconds": round(time.time() - started, 1), "torch": torch.__version__}
+               "seconds": round(time.time() - started, 1), "torch": torch.__version__,
+               "run_identity": identity.as_json(), "over_max_seq_len": too_long,
+               "turn_end": ends.chat.token if any("messages" in r for r in train_records) else ends.text.token,
+               "train_tokens": trainer.state.num_input_tokens_seen * targs.world_size,
+               "log_every": targs.logging_steps, "attn_implementation": kernel}
+    if samples is not None:
+        summary["samples"] = samples.summary(summary["seconds"])
+    if tp.early_stopping:
+        summary["early_stopping"] = early_stopping_report(trainer.state, tp.early_stopping)
     # Every process takes part (FSDP / DeepSpeed gather the weights here); the main one writes.
     staged = run_dir / "final-adapter"
     trainer.save_model(str(staged))
     if main_process:
+        # Finished from here on: this run is never resumed, even if the swap below is cut short.
+        checkpoints.mark_finished(run_dir, {"step": trainer.state.global_step, "run": run_dir.name})
         out = paths.ADAPTER_DIR
         with replace_dir(out, prefix=".adapter.") as tmp:
             for f in staged.iterdir():
@@ -272,9 +350,11 @@ def run(params: Params, args: Any = None) -> int:
                     shutil.move(str(f), tmp / f.name)
             tok.save_pretrained(tmp)
             write_json(tmp / "training.json", summary)
-        shutil.rmtree(staged, ignore_errors=True)
+        checkpoints.remove_run(run_dir)  # a finished run's checkpoints resume nothing: free their disk
         live.close(**{k: summary[k] for k in ("quantization", "device", "base_model", "trainable_params", "seconds")})
-        status.update(status="finished", step=trainer.state.global_step, last_checkpoint=str(out))
+        status.update(status="finished", step=trainer.state.global_step, last_checkpoint=str(out),
+                      **({"kept_step": summary["early_stopping"]["kept_step"],
+                          "stop_reason": summary["early_stopping"]["reason"]} if tp.early_stopping else {}))
         print(f"train: {trainer.state.global_step} steps on {device} ({tp.quantization}"
               f"{', packed' if tp.packing else ''}{f', {targs.world_size} processes' if targs.world_size > 1 else ''}), "
               f"train loss {train_loss:.3f}, val loss {val_loss:.3f} → {out}/ ({result.metrics.get('train_runtime', 0):.0f} s)")

@@ -35,7 +35,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
-from pipeline.engines.dvc_ops import flatten
+from pipeline.core.params import flatten
 from tui.global_keys import GlobalKeysFirst
 from tui.widgets.eval_judge import (
     JUDGE_FILE,
@@ -69,16 +69,18 @@ def _first(row: dict, keys) -> str | None:
 
 
 def load_generations(path: Path) -> list[dict]:
-    """[{"prompt", "base", "adapter"}], merging one-row-per-model files by prompt."""
+    """[{"prompt", "base", "adapter"}], one per prompt eval answered, so the count is eval.json's
+    ``prompts_answered``: a prompt asked twice (a fixed prompt that is also a val sample) is two
+    rows. In one-row-per-model files an answer joins the first row of its prompt still lacking its side."""
     from pipeline.core.records import iter_jsonl
 
-    merged: dict[str, dict] = {}
+    rows: list[dict] = []
+    by_prompt: dict[str, list[dict]] = {}
     for _, row in iter_jsonl(path):
         prompt = row.get("prompt")
         if not isinstance(prompt, str):
             messages = row.get("messages")
             prompt = json.dumps(messages, ensure_ascii=False) if messages else ""
-        entry = merged.setdefault(prompt, {"prompt": prompt, "base": None, "adapter": None})
         base, adapter = _first(row, _BASE_KEYS), _first(row, _ADAPTER_KEYS)
         if base is None and adapter is None:
             model = str(row.get("model") or row.get("which") or "").lower()
@@ -87,11 +89,20 @@ def load_generations(path: Path) -> list[dict]:
                 adapter = out
             elif model:
                 base = out
+        same = by_prompt.setdefault(prompt, [])
+        entry = None
+        if (base is None) != (adapter is None):
+            side = "base" if base is not None else "adapter"
+            entry = next((e for e in same if e[side] is None), None)
+        if entry is None:
+            entry = {"prompt": prompt, "base": None, "adapter": None}
+            rows.append(entry)
+            same.append(entry)
         if base is not None:
             entry["base"] = base
         if adapter is not None:
             entry["adapter"] = adapter
-    return list(merged.values())
+    return rows
 
 
 def load_report(path: Path) -> dict:
@@ -121,6 +132,51 @@ def facts_line(report: dict) -> str:
     known = {k for k, _ in _FACTS} | set(_SIDES)
     parts += [f"{k} {fmt_number(v)}" for k, v in flatten({k: v for k, v in report.items() if k not in known}).items()]
     return " · ".join(parts)
+
+
+def load_export(path: Path) -> dict | None:
+    """reports/export.json (the GGUF files checked in llama.cpp), or None when there is none or it is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def export_text(export: dict) -> Text:
+    """One line per GGUF file: size, answers as the merged model's, stops, speed in llama.cpp."""
+    out = Text()
+    files = export.get("files") if isinstance(export.get("files"), dict) else {}
+    merged = export.get("merged") if isinstance(export.get("merged"), dict) else {}
+    if export.get("skipped"):
+        out.append_text(as_text(f"GGUF: none written: {export['skipped']}", style="yellow"))
+    elif not files:
+        out.append("GGUF: none (export.gguf: [])", style="dim")
+    else:
+        head = f"GGUF in llama.cpp, {export.get('prompts', '?')} eval prompts × {export.get('check_tokens', '?')} tokens"
+        if merged.get("tokens_per_s") is not None:
+            head += f" · merged model in transformers {fmt_number(merged['tokens_per_s'])} tok/s"
+        out.append(head)
+    for name, f in files.items():
+        if not isinstance(f, dict):
+            continue
+        size = f.get("bytes")
+        identical = f.get("identical")
+        parts = [f"{size / 2**20:.1f} MiB" if isinstance(size, (int, float)) else "?",
+                 f"{identical:.0%} as merged" if isinstance(identical, (int, float)) else "not checked",
+                 f"stops {f.get('stopped', '?')}/{f.get('prompts', '?')}",
+                 f"{fmt_number(f.get('tokens_per_s'))} tok/s"]
+        first = f.get("first_divergence")
+        if isinstance(first, dict):
+            parts.append(f"differs at token {first.get('token')} of {first.get('prompt')!r}")
+        style = "red" if any(name in str(x) for x in export.get("failed") or []) else ""
+        out.append("\n")
+        out.append_text(as_text(f"  {name}: " + " · ".join(parts), style=style))
+    adapter = export.get("adapter")
+    if isinstance(adapter, dict) and adapter.get("file"):
+        out.append("\n")
+        out.append_text(as_text(f"  {adapter['file']}: LoRA only, {adapter.get('bytes', 0) / 2**20:.1f} MiB"))
+    return out
 
 
 def _answer(prompt: str, output: str | None, missing: str) -> Text:
@@ -171,6 +227,7 @@ class EvalScreen(GlobalKeysFirst, Screen):
                 yield DataTable(id="eval-metrics", cursor_type="row", zebra_stripes=True)
                 yield Static(id="eval-facts")
                 yield Static(id="eval-judge-line")
+                yield Static(id="eval-export")
             with TabPane("answers", id="eval-tab-answers"):
                 yield DataTable(id="eval-prompts", cursor_type="row")
                 with Horizontal(id="eval-sides"):
@@ -231,6 +288,7 @@ class EvalScreen(GlobalKeysFirst, Screen):
     def _load(self) -> None:
         problems: list[str] = []
         report: dict = {}
+        export: dict | None = None
         gens: list[dict] = []
         judge, judge_problem = None, None
         try:
@@ -242,6 +300,7 @@ class EvalScreen(GlobalKeysFirst, Screen):
                 report = load_report(self.root / paths.EVAL_REPORT)
             except UserError as err:
                 problems.append(str(err))
+            export = load_export(self.root / paths.EXPORT_REPORT)
             gen_path = self.root / paths.GENERATIONS
             if gen_path.exists():
                 try:
@@ -257,6 +316,7 @@ class EvalScreen(GlobalKeysFirst, Screen):
         if judge_problem:
             problems.append(judge_problem)
         self.app.call_from_thread(self._show, report, gens, judge, judge_problem, problems)
+        self.app.call_from_thread(self._show_export, export)
 
     def _show(self, report: dict, gens: list[dict], judge: JudgeReport | None, judge_problem: str | None,
               problems: list[str]) -> None:
@@ -297,6 +357,12 @@ class EvalScreen(GlobalKeysFirst, Screen):
         else:
             line = Text(JUDGE_OFF, style="dim")
         self.query_one("#eval-judge-line", Static).update(line)
+
+    def _show_export(self, export: dict | None) -> None:
+        widget = self.query_one("#eval-export", Static)
+        widget.display = export is not None
+        if export is not None:
+            widget.update(export_text(export))
 
     def _show_judge(self, judge: JudgeReport | None, problem: str | None) -> None:
         self.query_one("#eval-judge-summary", Static).update(summary_text(judge, problem))

@@ -27,7 +27,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean, log_line
-from pipeline.engines import dvc_ops
+from pipeline.engines.dvc import experiments as dvc_exps
+from pipeline.engines.dvc.cli import subprocess_env
+from pipeline.engines.dvc.revisions import WORKSPACE
 from tui.global_keys import GlobalKeysFirst
 from tui.widgets.eval_judge import JUDGE_FILE
 
@@ -89,7 +91,7 @@ class ExperimentsScreen(GlobalKeysFirst, Screen):
     def __init__(self, root: str | Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.root = Path(root or Path.cwd())
-        self.rows: dict[str, dvc_ops.ExpRow] = {}
+        self.rows: dict[str, dvc_exps.ExpRow] = {}
         self.marked: list[str] = []  # row keys, A then B
         self.columns: list[str] = []
         self._sorted: tuple[str, bool] | None = None
@@ -125,13 +127,13 @@ class ExperimentsScreen(GlobalKeysFirst, Screen):
     @work(thread=True, exclusive=True, group="exp-show", exit_on_error=False)
     def _load(self) -> None:
         try:
-            rows = dvc_ops.exp_show(self.root)
+            rows = dvc_exps.exp_show(self.root)
         except UserError as err:
             self.app.call_from_thread(self._message, str(err), "bold red")
             return
         self.app.call_from_thread(self.show_rows, rows)
 
-    def show_rows(self, rows: list[dvc_ops.ExpRow]) -> None:
+    def show_rows(self, rows: list[dvc_exps.ExpRow]) -> None:
         table = self.query_one("#experiments", DataTable)
         table.clear(columns=True)
         self.rows = {}
@@ -153,7 +155,7 @@ class ExperimentsScreen(GlobalKeysFirst, Screen):
             self.rows[key] = r
             name = as_line(("  └ " if r.parent else "") + (r.name or ""), style="" if r.parent else "bold")
             table.add_row(
-                "", name, _cell(r.rev[:7] if r.rev != dvc_ops.WORKSPACE else r.rev), _cell((r.timestamp or "")[:16]),
+                "", name, _cell(r.rev[:7] if r.rev != WORKSPACE else r.rev), _cell((r.timestamp or "")[:16]),
                 *[_cell(r.params.get(k)) for k in varying], *[_cell(r.metrics.get(k)) for k in metrics],
                 key=key,
             )
@@ -243,7 +245,7 @@ class ExperimentsScreen(GlobalKeysFirst, Screen):
         out = judge_out_dir(self.root, *refs)
         args = [*tenny_command(), "judge", refs[0], refs[1], "--out", str(out)]
         try:
-            proc = subprocess.Popen(args, cwd=self.root, env=dvc_ops.subprocess_env(), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(args, cwd=self.root, env=subprocess_env(), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as err:
             self._judge_state(f"could not start tenny judge: {err}", "bold red")

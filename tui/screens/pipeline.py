@@ -25,7 +25,9 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.text import as_line, as_text, clean
-from pipeline.engines import dvc_ops
+from pipeline.core.overrides import check_overrides, parse_overrides
+from pipeline.engines.dvc import project, remotes, runs, workspace
+from pipeline.engines.dvc.cli import dvc_command
 from tui.global_keys import GlobalKeysFirst
 from tui.widgets.log_view import RunLog
 
@@ -47,7 +49,7 @@ def _metrics_text(metrics: dict, limit: int = 4) -> str:
 REASON_CELL = 38  # the table cell's share; the detail pane below shows the whole reason
 
 
-def stage_reason(s: dvc_ops.StageState) -> str:
+def stage_reason(s: project.StageState) -> str:
     """The stage's state with DVC's reason, in words: "changed: deps train.py modified"."""
     if s.state == "changed":
         return f"changed: {s.detail}" if s.detail else "changed"
@@ -111,8 +113,8 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         super().__init__(**kwargs)
         self.root = Path(root or Path.cwd())
         self.params = params
-        self.current: dvc_ops.Run | None = None
-        self.stages: list[dvc_ops.StageState] = []
+        self.current: runs.Run | None = None
+        self.stages: list[project.StageState] = []
         self.last_exit: int | None = None
         self.settle_notes: list[str] = []  # what the last run's workspace check found
 
@@ -167,13 +169,13 @@ class PipelineScreen(GlobalKeysFirst, Screen):
     @work(thread=True, exclusive=True, group="pipeline-status", exit_on_error=False)
     def _load_states(self) -> None:
         try:
-            states = dvc_ops.stage_states(self.root)
+            states = project.stage_states(self.root)
         except UserError as err:
             self.app.call_from_thread(self._message, str(err), "red")
             return
         self.app.call_from_thread(self._show_states, states)
 
-    def _show_states(self, states: list[dvc_ops.StageState]) -> None:
+    def _show_states(self, states: list[project.StageState]) -> None:
         self.stages = states
         table = self.query_one("#stages", DataTable)
         keep = table.cursor_row
@@ -228,8 +230,8 @@ class PipelineScreen(GlobalKeysFirst, Screen):
             self.say(f"already running: {self.current.command} (press x to cancel it)", severity="warning")
             return False
         try:
-            run = dvc_ops.Run(args, self.root)
-            dvc_ops.dvc_command()
+            run = runs.Run(args, self.root)
+            dvc_command()
         except UserError as err:
             self._message(str(err), "red")
             return False
@@ -238,22 +240,33 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         log = self.query_one("#run-log", RunLog)
         log.post(f"$ {run.command}")
         self._status(as_line(f"running: {run.command}", style="bold yellow"))
+        import time  # here, not at the top: the edit stays out of the imports others change
+
+        self._client_timer = self.set_interval(2.0, lambda started=time.time(): self._show_client(run, started))
         self._execute(run, remote, guard)
         return True
 
+    def _show_client(self, run, started: float) -> None:
+        # synthesize and the judge write their pace (answers/min, limit, time left) while they run
+        from pipeline.engines.synthesis.openai_client.progress import status_line
+
+        line = status_line(self.root, since=started)
+        if line and self.current is run:
+            self._status(as_line(f"running: {run.command} — {line}", style="bold yellow"))
+
     @work(thread=True, group="pipeline-run", exit_on_error=False)
-    def _execute(self, run: dvc_ops.Run, remote: bool, guard: bool) -> None:
+    def _execute(self, run: runs.Run, remote: bool, guard: bool) -> None:
         log = self.query_one("#run-log", RunLog)
         code: int | None = None
         before = None
         try:
             if guard:
                 # What the run must leave as it is: compared (and repaired) when it ends.
-                before = dvc_ops.workspace_state(self.root)
+                before = workspace.workspace_state(self.root)
                 if run.args[:1] == ["repro"]:
-                    dvc_ops.backup_uncached(self.root)
+                    workspace.backup_uncached(self.root)
             if remote and self.params is not None:
-                name = dvc_ops.ensure_remote(self.root, self.params.remote)
+                name = remotes.ensure_remote(self.root, self.params.remote)
                 if name and "-r" not in run.args:
                     run.args = run.args + ["-r", name]
                     run.command = "dvc " + " ".join(run.args)
@@ -270,10 +283,10 @@ class PipelineScreen(GlobalKeysFirst, Screen):
                 self._settle(run, code, before, log)
             self.app.call_from_thread(self._finished, run, code)
 
-    def _settle(self, run: dvc_ops.Run, code: int | None, before: dvc_ops.WorkspaceState, log: RunLog) -> None:
+    def _settle(self, run: runs.Run, code: int | None, before: workspace.WorkspaceState, log: RunLog) -> None:
         """Put git and DVC state back as the user left it, and say what was done."""
         try:
-            notes = dvc_ops.settle_workspace(self.root, before, interrupted_stage=run.workspace_stage,
+            notes = workspace.settle_workspace(self.root, before, interrupted_stage=run.workspace_stage,
                                              restore=run.cancelled or code != 0)
         except (UserError, OSError) as err:
             notes = [f"could not check the workspace after the run: {err}"]
@@ -283,8 +296,9 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         if not notes:
             log.post("workspace: branch, index and outputs as before the run")
 
-    def _finished(self, run: dvc_ops.Run, code: int | None) -> None:
+    def _finished(self, run: runs.Run, code: int | None) -> None:
         self.current = None
+        self._client_timer.stop()
         self.last_exit = code
         self._set_running(False)
         if run.cancelled:
@@ -311,28 +325,28 @@ class PipelineScreen(GlobalKeysFirst, Screen):
             self.query_one(bid, Button).disabled = running
 
     def action_repro_all(self) -> None:
-        self.start(dvc_ops.repro_args())
+        self.start(runs.repro_args())
 
     def action_repro_stage(self) -> None:
         stage = self.selected_stage()
         if stage is None:
             self.notify("select a stage first (arrow keys in the table)", severity="warning")
             return
-        self.start(dvc_ops.repro_args(stage))
+        self.start(runs.repro_args(stage))
 
     def action_exp_run(self) -> None:
         text = self.query_one("#overrides", Input).value
         try:
-            overrides = dvc_ops.parse_overrides(text)
+            overrides = parse_overrides(text)
             if not overrides:
                 raise UserError("type overrides first: press o, then e.g. train.lr=1e-3 train.lora.r=16")
             # Checked by tenny's schema before DVC writes anything into params.yaml.
-            dvc_ops.check_overrides(self.root, overrides)
+            check_overrides(self.root, overrides)
         except UserError as err:
             self.say(str(err), severity="error")
             self._message(str(err), "red")
             return
-        self.start(dvc_ops.exp_run_args(overrides))
+        self.start(runs.exp_run_args(overrides))
 
     def action_focus_overrides(self) -> None:
         self.query_one("#overrides", Input).focus()
@@ -346,23 +360,23 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         self._cancel(run)
 
     @work(thread=True, group="pipeline-cancel", exit_on_error=False)
-    def _cancel(self, run: dvc_ops.Run) -> None:
+    def _cancel(self, run: runs.Run) -> None:
         run.cancel()
 
     def action_push(self) -> None:
-        self.start(dvc_ops.push_args(), remote=True, guard=False)
+        self.start(remotes.push_args(), remote=True, guard=False)
 
     def action_pull(self) -> None:
-        self.start(dvc_ops.pull_args(), remote=True, guard=False)
+        self.start(remotes.pull_args(), remote=True, guard=False)
 
     def action_cloud_status(self) -> None:
-        self.start(dvc_ops.cloud_status_args(), remote=True, guard=False)
+        self.start(remotes.cloud_status_args(), remote=True, guard=False)
 
     @work(thread=True, group="pipeline-remote", exit_on_error=False)
     def _show_remote(self) -> None:
         remote = getattr(self.params, "remote", None)
         try:
-            known = dvc_ops.remotes(self.root)
+            known = remotes.remotes(self.root)
         except UserError as err:
             known, note = {}, str(err)
         else:

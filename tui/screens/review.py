@@ -34,7 +34,7 @@ from pipeline.core.text import as_line, as_text, clean
 from pipeline.engines.review_queue import DroppedIndex, Filter, ReviewQueue, Sample, approx_tokens
 from tui.widgets.review_dialogs import ConfirmDialog, EditDialog, FilterDialog, PromptDialog, TagSuggester
 from tui.widgets.review_footer import ReviewFooter
-from tui.widgets.review_panels import sample_text, side_text, status_text
+from tui.widgets.review_panels import sample_text, side_text, status_text, team_text
 
 SAMPLE_LIMIT = 20_000  # characters drawn per field; the rest is counted, not drawn
 RATE_WINDOW_S = 300.0  # samples per minute over the last five minutes
@@ -103,6 +103,9 @@ class ReviewScreen(Screen):
                 tooltip="Accept every sample the filter shows (asks first)"),
         Binding("X", "bulk('reject')", "All ✗", key_display="X",
                 tooltip="Reject every sample the filter shows (asks first)"),
+        Binding("s", "sort", "Sort", tooltip="Sort by the judge's prescore: best first, most uncertain first, file order"),
+        Binding("S", "stats", "Stats", key_display="S",
+                tooltip="Team agreement: Cohen's kappa per pair, Krippendorff's alpha, per tag"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="All keys"),
         # One key, two meanings: pushed inside the app q goes back to the screen below (the
         # app's own q quits); as `tenny review` it quits. check_action shows the one that applies.
@@ -114,10 +117,19 @@ class ReviewScreen(Screen):
 
     def __init__(self, records: str | Path = paths.DEDUPED, decisions: str | Path = paths.DECISIONS, *,
                  dropped: str | Path | None = None, base_dir: str | Path | None = None,
-                 by: str | None = None, name: str | None = None) -> None:
+                 by: str | None = None, name: str | None = None, overlap: int | None = None,
+                 adjudicators: list[str] | None = None, team_dir: str | Path | None = None) -> None:
         super().__init__(name=name)
         self.records_path = Path(records)
         self.decisions_path = Path(decisions)
+        # Team review: the other logs in data/reviews/ (a folder named reviews) are the team's.
+        self.team_dir = Path(team_dir) if team_dir is not None else (
+            self.decisions_path.parent if self.decisions_path.parent.name == "reviews" else None)
+        if overlap is None or adjudicators is None:
+            review = _review_params(self.decisions_path)
+            overlap = review.overlap if overlap is None else overlap
+            adjudicators = review.adjudicators if adjudicators is None else adjudicators
+        self.overlap, self.adjudicators = overlap, list(adjudicators)
         self.dropped_path = Path(dropped) if dropped is not None else paths.DEDUPE_DROPPED
         self.base_dir = Path(base_dir) if base_dir is not None else paths.BASE_DIR
         self.by = by
@@ -137,6 +149,10 @@ class ReviewScreen(Screen):
         self.ready = False  # the whole file is indexed
         self.shown = 0  # samples drawn: tests and the benchmark wait on it
         self.updates = 0  # status line redraws (every key makes one)
+        self.scores = None  # the judge's prescores (prescore_file.Scores) of the current judge, when there are
+        self.score_of = None  # per position: the score, 0 where none
+        self.scores_note = ""  # why there are none: no file, or a stale one
+        self._team_seen = False  # the team's logs were folded and routing took them in
 
     # ------------------------------------------------------------ layout
 
@@ -153,8 +169,9 @@ class ReviewScreen(Screen):
     def on_mount(self) -> None:
         self._title()
         self._open()
-        # another session on the same log: its decisions show up here within seconds
-        self.set_interval(2.0, self.sync_now)
+        # another session on the same log, or a teammate on theirs: their decisions show up here
+        # within a second (each tick only stats the logs' sizes unless one grew)
+        self.set_interval(1.0, self.sync_now)
 
     def on_unmount(self) -> None:
         # A thread worker cannot be stopped, only asked; one still reading keeps
@@ -171,7 +188,8 @@ class ReviewScreen(Screen):
         """Fold the log and index the records (together); show the resume point as soon as it is known."""
         worker = get_current_worker()
         try:
-            queue = ReviewQueue(self.records_path, self.decisions_path, by=self.by)
+            queue = ReviewQueue(self.records_path, self.decisions_path, by=self.by, overlap=self.overlap,
+                                adjudicators=self.adjudicators, team_dir=self.team_dir)
         except (UserError, OSError) as err:
             self.app.call_from_thread(self._fail, _error_text(err, self.records_path, self.decisions_path))
             return
@@ -228,6 +246,7 @@ class ReviewScreen(Screen):
         tok = self.base_dir / "tokenizer.json"
         if tok.exists():
             self._load_tokenizer(tok)
+        self._load_scores()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that raised (they all run with exit_on_error=False): say what failed
@@ -280,6 +299,61 @@ class ReviewScreen(Screen):
             return
         self.app.call_from_thread(self._side)
 
+    @work(thread=True, exclusive=True, group="prescore", exit_on_error=False)
+    def _load_scores(self) -> None:
+        """The judge's scores (data/reviews/prescore.jsonl) of the judge params.yaml names; another's are stale."""
+        from pipeline.core.decisions import PRESCORE_NAME
+        from pipeline.engines.prescore_file import read_scores
+
+        path = (self.team_dir or self.decisions_path.parent) / f"{PRESCORE_NAME}.jsonl"
+        if not path.exists():
+            self.scores_note = "none (review.prescore: true scores the samples)"
+            return
+        current = _current_judge(self.decisions_path)
+        scores = read_scores(path, current)
+        note = ""
+        if not len(scores) and scores.stale:
+            note = (f"stale: {sum(scores.stale.values()):,} scores from another judge model or prompt, not shown; "
+                    "run `tenny review --prescore` to score with this one")
+        queue = self.queue
+        score_of = scores.lookup(queue.keys) if queue is not None and len(scores) else None
+        self.app.call_from_thread(self._scores_loaded, scores if len(scores) else None, score_of, note)
+
+    def _scores_loaded(self, scores, score_of, note: str) -> None:
+        self.scores, self.score_of, self.scores_note = scores, score_of, note
+        self._side()
+
+    def _judge_text(self) -> Text:
+        out = Text()
+        out.append("\nJUDGE PRESCORE\n", style="bold")
+        if self.scores is None or self.current is None:
+            out.append(self.scores_note or "loading…", style="dim")
+            return out
+        row = self.scores.row(self.current.id)
+        if row is None:
+            out.append("not scored", style="dim")
+            return out
+        out.append(f"{row['score']}/10", style="bold")
+        out.append(" ")
+        out.append_text(as_line(row.get("model") or "", 40))
+        out.append("\n")
+        out.append_text(as_text(str(row.get("reason", "")), multiline=False))
+        return out
+
+    def action_sort(self) -> None:
+        if self.queue is None or not self.ready:
+            self.say("still indexing; sorting waits for the whole file")
+            return
+        if self.score_of is None:
+            self.say(f"no judge scores to sort by: {self.scores_note or 'loading'}")
+            return
+        now = self.queue.sort_label
+        how = {"file order": "score", "judge score": "uncertain"}.get(now, "file")
+        self.queue.sort_by_scores(self.score_of, how)
+        self.note = f"sorted: {self.queue.sort_label}"
+        first = self.queue.first_pending() if how != "file" else None
+        self._show(first if first is not None else self.pos)
+
     def _slot_hints(self) -> None:
         """Filter suggestions: slot values seen in the first few hundred samples."""
         assert self.queue is not None
@@ -321,7 +395,12 @@ class ReviewScreen(Screen):
         sample_view = self.query_one("#rv-sample", Static)
         if self.current is not None:
             state = self.queue.state(self.current.id) if self.queue else None
-            sample_view.update(sample_text(self.current.record, state, SAMPLE_LIMIT))
+            shown = sample_text(self.current.record, state, SAMPLE_LIMIT)
+            team = self.queue.team_decisions(self.current.id) if self.queue and self.queue.others else {}
+            if team:
+                shown = shown.copy()
+                shown.append_text(team_text(team, editable_text(self.current.record)))
+            sample_view.update(shown)
         elif self.current_error is not None:
             sample_view.update(as_text(self.current_error, multiline=True, style="bold red"))
         else:
@@ -358,8 +437,12 @@ class ReviewScreen(Screen):
                 twins, count = self.dropped.twins(self.current.id, limit=8)
             except (UserError, OSError) as err:  # a bad row, or the file gone: the panel says so, the sample still shows
                 note = f"unavailable: {err}"
-        side.update(side_text(record=record, line=self.current.line, state=state, chars=len(whole),
-                              tokens=tokens, tokens_exact=exact, twins=twins, twin_count=count, twins_note=note))
+        text = side_text(record=record, line=self.current.line, state=state, chars=len(whole),
+                         tokens=tokens, tokens_exact=exact, twins=twins, twin_count=count, twins_note=note)
+        if self.scores is not None or self.scores_note.startswith("stale"):
+            text = text.copy()
+            text.append_text(self._judge_text())
+        side.update(text)
 
     def _status(self) -> None:
         if self.error is not None or self.queue is None:
@@ -426,9 +509,13 @@ class ReviewScreen(Screen):
         self.note = ""
 
     def _advance(self) -> None:
-        """After a decision: the next sample the filter shows, else stay (and say so)."""
+        """After a decision: the next sample in my queue the filter shows, else the next shown, else stay."""
         assert self.queue is not None and self.pos is not None
-        nxt = self.queue.next_visible(self.pos)
+        nxt = None
+        if self.queue.filter.kind in ("all", "pending"):
+            # the queue: skip what I decided and what the team has done (review.overlap)
+            nxt = self.queue.first_pending(self.pos)
+        nxt = nxt if nxt is not None else self.queue.next_visible(self.pos)
         if nxt is None and not self.queue.visible(self.pos):
             nxt = self.queue.next_visible(self.pos, -1)
             self.note = "end of the queue"
@@ -708,6 +795,33 @@ class ReviewScreen(Screen):
         self.note = f"{action}ed {n:,} samples"
         self.app.call_from_thread(self._show, queue.first_visible(self.pos or 0))
 
+    def _team_arrived(self) -> None:
+        """The other reviewers' logs are folded (after the first sample showed): route by them from now on."""
+        q = self.queue
+        if q.team_error is not None:
+            self.say(f"the team's logs could not be read ({q.team_error}); your own review goes on")
+            return
+        if not q.others or self.pos is None:
+            return
+        if q.filter.kind in ("all", "pending") and not q.for_me(self.pos, self.pos + 1)[0] \
+                and (q.status[self.pos] & 3) == 0:
+            nxt = q.first_pending(self.pos)
+            if nxt is not None:
+                self.note = "the team has done that one; on to your next"
+                self._show(nxt)
+                return
+        self._draw()
+
+    def action_stats(self) -> None:
+        if self.error is not None:
+            return
+        from tui.widgets.review_stats import ReviewStats
+
+        folder = self.team_dir if self.team_dir is not None else self.decisions_path.parent
+        extra = [] if self.team_dir is not None else [self.decisions_path]
+        self.app.push_screen(ReviewStats(folder, self.adjudicators, self.overlap, extra=extra,
+                                         only=None if self.team_dir is not None else [self.decisions_path.stem]))
+
     def action_help(self) -> None:
         from tui.screens.review_help import ReviewHelp
 
@@ -730,18 +844,53 @@ class ReviewScreen(Screen):
             self.app.exit()
 
     def sync_now(self) -> None:
-        """Fold in decisions another session appended (called on a timer)."""
+        """Fold in decisions another session or reviewer appended (called on a timer)."""
         if self.queue is None or not self.ready or self.error is not None:
+            return
+        if not self._team_seen and self.queue.team_ready:
+            self._team_seen = True
+            self._team_arrived()
             return
         try:
             changed = self.queue.sync()
+            team = self.queue.sync_team()
         except (UserError, OSError) as err:
             self.say(str(err))
+            return
+        if team and self.current is not None:
+            self._draw()
             return
         if changed and self.current is not None and self.current.id in changed:
             self._draw()
         elif changed:
             self._status()
+
+
+def _current_judge(decisions: Path) -> str | None:
+    """The fingerprint of the judge params.yaml names (None: none set, or it cannot be read)."""
+    from pipeline.core.params import load_params
+    from pipeline.engines.prescore import fingerprint_of
+
+    for root in (decisions.parent.parent.parent, Path(".")):
+        if (root / paths.PARAMS).is_file():
+            try:
+                return fingerprint_of(load_params(root / paths.PARAMS).eval.judge)
+            except (UserError, OSError):
+                return None
+    return None
+
+
+def _review_params(decisions: Path):
+    """review.* from the project's params.yaml (the one above data/reviews/), defaults when there is none."""
+    from pipeline.core.params import ReviewParams, load_params
+
+    for root in (decisions.parent.parent.parent, Path(".")):
+        if (root / paths.PARAMS).is_file():
+            try:
+                return load_params(root / paths.PARAMS).review
+            except UserError:
+                break  # a bad params.yaml is build's to report; the review goes on with defaults
+    return ReviewParams()
 
 
 def _other_q(screen: ReviewScreen, binding) -> bool:

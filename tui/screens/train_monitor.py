@@ -26,6 +26,7 @@ from pipeline.engines.train_progress import Nvml, Progress, ProgressReader, form
 from tui.global_keys import GlobalKeysFirst
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.loss_chart import LossChart
+from tui.widgets.train_samples import SamplesPanel
 
 STATUS_STYLE = {"running": "bold green", "finished": "bold cyan", "failed": "bold red", "stale": "bold yellow",
                 "waiting": "dim"}
@@ -62,6 +63,8 @@ def render_header(p: Progress, now: float | None = None) -> Text:
     if p.status == "failed":
         t.append(f"\nthe run failed{': ' + clean(p.error) if p.error else ''}; its log is in the shell or the pipeline "
                  "screen that started it", style="red")
+    if p.stop_reason:
+        t.append(f"\nearly stopping: {clean(p.stop_reason)}", style="cyan")
     if p.status == "stale":
         t.append("\nno update for a while: the run may have been killed (check the shell or `dvc repro` log)",
                  style="yellow")
@@ -81,6 +84,11 @@ def render_stats(p: Progress) -> Text:
         ("checkpoint", clean(p.last_checkpoint or "—")),
         ("resumed from", "—" if p.resumed_from_step is None else f"step {p.resumed_from_step}"),
     ]
+    # Early stopping: shown only for a run that uses it.
+    if p.kept_step is not None:
+        rows.append(("kept step", f"{p.kept_step:,} (best val loss)"))
+    elif p.best_step is not None:
+        rows.append(("best so far", f"step {p.best_step:,}"))
     for label, value in rows:
         t.append(f"{label:<14}", style="dim")
         t.append(f"{value}\n")
@@ -123,6 +131,9 @@ class TrainMonitorScreen(GlobalKeysFirst, Screen):
 
     BINDINGS = [
         Binding("r", "refresh_now", "Refresh"),
+        Binding("a", "answers", "Answers"),
+        Binding("left", "earlier", "Earlier"),
+        Binding("right", "later", "Later"),
         Binding("plus,equals_sign", "faster", "Faster", show=False),
         Binding("minus", "slower", "Slower", show=False),
     ]
@@ -157,11 +168,13 @@ class TrainMonitorScreen(GlobalKeysFirst, Screen):
                 with Vertical(id="train-side"):
                     yield Static(id="train-stats")
                     yield GpuPanel(id="gpu-panel")
+            yield SamplesPanel(id="train-samples")
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = clean(f"training monitor — {self.directory}")
         self.query_one("#train-stats", Static).border_title = "now"
+        self.query_one(SamplesPanel).display = False
         self.poll()
         self._timer = self.set_interval(self.interval, self.poll)
 
@@ -219,7 +232,38 @@ class TrainMonitorScreen(GlobalKeysFirst, Screen):
         else:
             bar.update(total=None)
         self.query_one(LossChart).show(series)
+        had = bool(self.query_one(SamplesPanel).samples)
+        self.query_one(SamplesPanel).show(p.samples, p.kept_step)
+        if had != bool(p.samples):
+            self.refresh_bindings()  # "a Answers" shows once there are answers
         self.query_one(GpuPanel).show(gpus, message)
+
+    @property
+    def answers_shown(self) -> bool:
+        return bool(self.query_one(SamplesPanel).display)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        # Keys for the answers show only where they do something (and leave the footer alone otherwise).
+        if action not in ("answers", "earlier", "later"):
+            return True
+        try:
+            panel = self.query_one(SamplesPanel)
+        except Exception:  # not composed yet
+            return False
+        return bool(panel.samples) if action == "answers" else bool(panel.display)
+
+    def action_answers(self) -> None:
+        """Switch between the loss chart and the answers given while training."""
+        shown = not self.answers_shown
+        self.query_one(SamplesPanel).display = shown
+        self.query_one("#train-main").display = not shown
+        self.refresh_bindings()
+
+    def action_earlier(self) -> None:
+        self.query_one(SamplesPanel).step_by(-1)
+
+    def action_later(self) -> None:
+        self.query_one(SamplesPanel).step_by(1)
 
     def action_refresh_now(self) -> None:
         self.poll()

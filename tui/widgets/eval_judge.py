@@ -138,6 +138,10 @@ def summary_line(report: JudgeReport) -> str:
     if s.get("win_rate_low") is not None and s.get("win_rate_high") is not None:
         interval = f" ({s['win_rate_low'] * 100:.0f}–{s['win_rate_high'] * 100:.0f} %)"
     unanswered = f", {s['unanswered']} unanswered (budget)" if s.get("unanswered") else ""
+    if s.get("prompts_judged") is not None:  # the win rate is by prompt (issue 22); older reports by verdict
+        return (head + f"{pct(s['win_rate'])}{interval} over {s['prompts_judged']} prompts "
+                f"(both orders agree on {pct(s.get('consistency'))}), "
+                f"position bias {pct(s.get('position_bias'))}, {invalid} invalid{unanswered}")
     return (head + f"{pct(s['win_rate'])}{interval} over {n} verdicts, "
             f"position bias {pct(s.get('position_bias'))}, {invalid} invalid{unanswered}")
 

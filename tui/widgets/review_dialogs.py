@@ -119,7 +119,8 @@ class FilterDialog(ModalScreen[str | None]):
     def __init__(self, current: str, tags: list[str], slots: list[str]) -> None:
         super().__init__()
         self.current = current
-        self.choices = ["all", "pending", "accepted", "rejected", "edited"]
+        self.choices = ["all", "pending", "accepted", "rejected", "edited", "mine", "undecided", "needs-more",
+                        "disagreements"]
         self.choices += [f"tag:{t}" for t in tags[:50]]
         self.choices += slots[:50]
 

@@ -128,7 +128,31 @@ def status_text(*, counts: dict, rate: float | None, rank: int | None, shown: in
     out.append(" · ")
     out.append(f"{filter_label} ", style="bold")
     out.append(f"{rank:,}/{shown:,}" if rank is not None else f"–/{shown:,}")
+    if "done" in counts:  # team review: records done by the team, and each other reviewer's progress live
+        out.append(f" · team done {counts['done']:,}")
+        for name, n in counts["team"].items():
+            out.append(" · ")
+            out.append_text(as_line(name, 20))
+            out.append(f" {n:,}")
     if note:
         out.append(" · ")
         out.append_text(as_line(note, 80))
+    return out
+
+
+def team_text(decisions: dict, original: str) -> Text:
+    """Each reviewer's decision on the sample, side by side in reading order: status, tags, edit."""
+    out = Text()
+    out.append("\nREVIEWERS\n", style="bold")
+    for name, state in decisions.items():
+        out.append_text(as_line(name, 40))
+        style = "green" if state.status == "accepted" else "red"
+        out.append(f"  {'edited' if state.edited else state.status}", style=f"bold {style}")
+        if state.tags:
+            out.append("  tags ")
+            out.append_text(as_line(", ".join(state.tags), 80))
+        out.append("\n")
+        if state.edited and state.text != original:
+            out.append_text(as_text(state.text, multiline=True))
+            out.append("\n")
     return out

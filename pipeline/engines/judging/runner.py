@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import paths
@@ -27,8 +27,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import JudgeParams, SynthesizeParams
 from pipeline.core.records import write_json, write_jsonl
 from pipeline.core.text import clean
-from pipeline.engines.judging import prompt_file
-from pipeline.engines.judging.stats import mean_interval, pair_figures
+from pipeline.engines.judging import formats, prompt_file
+from pipeline.engines.judging.stats import mean_interval, pair_figures, prompt_figures
 from pipeline.engines.judging.verdicts import parse_score, parse_verdict
 from pipeline.engines.synthesis.openai_client.cost import Budget
 from pipeline.engines.synthesis.openai_client.engine import Engine, RunStats
@@ -77,7 +77,7 @@ def client_params(jp: JudgeParams) -> SynthesizeParams:
     return SynthesizeParams(
         provider="openai", base_url=jp.base_url, api_key_env=jp.api_key_env, model=jp.model or "",
         temperature=jp.temperature, top_p=1.0, max_tokens=jp.max_tokens, seed=jp.seed,
-        concurrency=jp.concurrency, timeout_s=jp.timeout_s, max_retries=jp.max_retries,
+        concurrency=jp.concurrency, adaptive_concurrency=jp.adaptive_concurrency, timeout_s=jp.timeout_s, max_retries=jp.max_retries,
         retry_base_s=jp.retry_base_s, retry_max_s=jp.retry_max_s, max_cost_usd=jp.max_cost_usd,
         prices=jp.prices, cache=jp.cache,
     )
@@ -106,7 +106,7 @@ class Judge:
 
     jp: JudgeParams
     prompt: prompt_file.JudgePrompt
-    key: str
+    key: str = field(repr=False)  # the API key: never in a repr, a log or a file
     cfg: SynthesizeParams
 
 
@@ -142,9 +142,13 @@ def _jobs(judge: Judge, items: Sequence[Answers], baseline: str, challenger: str
     return jobs
 
 
-def _planned(job: Job, messages: list[dict], sampling: Sampling) -> Planned:
+def _planned(job: Job, messages: list[dict], sampling: Sampling, base_url: str, structured: bool) -> Planned:
     body = request_body(messages, sampling)
-    return Planned(request_hash(body), body, None, {}, {"job": job})
+    if structured:
+        body["response_format"] = formats.VERDICT if job.kind == "pair" else formats.SCORE
+    # The server is part of the question: llama.cpp serves any model name, so the
+    # same name at another URL is another judge. (Never the key: it is no part of it.)
+    return Planned(request_hash({**body, "_base_url": base_url}), body, None, {}, {"job": job})
 
 
 def _read(job: Job, content: str) -> bool:
@@ -159,12 +163,10 @@ def _read(job: Job, content: str) -> bool:
 
 
 class _Progress(Progress):
-    def advance(self, n: int = 1) -> None:
+    def counts(self) -> str:
         s = self.stats
-        self.bar.set_postfix_str(
-            f"ok {s.ok} cached {s.cached} failed {s.failed} retried {s.retries} | "
-            f"{s.prompt_tokens + s.completion_tokens} tok | ${s.cost_usd:.4f}", refresh=False)
-        self.bar.update(n)
+        return (f"ok {s.ok} cached {s.cached} failed {s.failed} retried {s.retries} | "
+                f"{s.prompt_tokens + s.completion_tokens} tok | ${s.cost_usd:.4f}")
 
 
 def _ask(judge: Judge, requests: list[Planned], cache, budget: Budget, stats: RunStats, desc: str):
@@ -192,11 +194,15 @@ def judge_answers(judge: Judge, items: Sequence[Answers], baseline: str = "base"
     cache = RequestCache(paths.STATE_DIR / CACHE_FILE) if jp.cache else NoCache()
     retries: list[Planned] = []
     try:
-        for req, answer in _ask(judge, [_planned(j, j.messages, sampling) for j in jobs], cache, budget, stats, "judge"):
+        url = jp.base_url or "https://api.openai.com/v1"
+        structured = _takes_schema(judge, url, sampling, budget, stats)
+        plan = [_planned(j, j.messages, sampling, url, structured) for j in jobs]
+        for req, answer in _ask(judge, plan, cache, budget, stats, "judge"):
             job = req.meta["job"]
             if answer is not None and not _read(job, answer["content"]):
                 job.retried = True
-                retries.append(_planned(job, judge.prompt.retry_messages(job.messages, answer["content"]), sampling))
+                retries.append(_planned(job, judge.prompt.retry_messages(job.messages, answer["content"]), sampling, url,
+                                        structured))
         for req, answer in _ask(judge, retries, cache, budget, stats, "judge (asked again)"):
             job = req.meta["job"]
             if answer is None:
@@ -206,7 +212,36 @@ def judge_answers(judge: Judge, items: Sequence[Answers], baseline: str = "base"
     finally:
         cache.close()
     _warn(budget, stats)
-    return _report(judge, jobs, items, baseline, challenger, stats, len(retries)), [_row(j) for j in jobs]
+    report = _report(judge, jobs, items, baseline, challenger, stats, len(retries))
+    report["structured"] = int(structured)  # 1: verdicts asked for with a JSON schema (response_format)
+    return report, [_row(j) for j in jobs]
+
+
+def _takes_schema(judge: Judge, url: str, sampling: Sampling, budget: Budget, stats: RunStats) -> bool:
+    """Whether the server takes response_format: remembered per server and model, else asked with one probe."""
+    memory = formats.Memory()
+    key = formats.server_key(url, judge.cfg.model)
+    known = memory.get(key)
+    if known is not None:
+        return known
+    body = {**request_body(formats.PROBE, sampling), "response_format": formats.VERDICT}
+    probe = RunStats(planned=1)
+    try:
+        answers = list(Engine(judge.cfg, judge.key, NoCache(), budget, probe).run(  # paid from the judge's budget
+            iter([Planned(request_hash(body), body, None, {}, {})])))
+    except UserError as err:
+        raise _as_judge(err) from None
+    stats.cost_usd += probe.cost_usd
+    stats.prompt_tokens += probe.prompt_tokens
+    stats.completion_tokens += probe.completion_tokens
+    if answers and answers[0][1] is not None:
+        memory.put(key, True)
+        return True
+    if any(reason in probe.failed_by_reason for reason in formats.REJECTED_STATUSES):
+        memory.put(key, False)
+        formats.say_rejected(url, judge.cfg.model)
+        return False
+    return True  # the probe failed for another reason (timeouts...): not remembered, the run will say more
 
 
 def _winner(job: Job) -> str | None:
@@ -235,6 +270,7 @@ def _report(judge: Judge, jobs: list[Job], items: Sequence[Answers], baseline: s
         "invalid": sum(1 for j in pairs if j.status == "invalid"),
         "unanswered": sum(1 for j in pairs if j.status == "unanswered"),
         **pair_figures([j.value for j in valid], [_winner(j) for j in valid], challenger, baseline),
+        **prompt_figures([[_winner(j) for j in pairs if j.item is it] for it in items], challenger, baseline),
     }
     if judge.jp.persona_score:
         report["persona"] = {}
@@ -247,6 +283,7 @@ def _report(judge: Judge, jobs: list[Job], items: Sequence[Answers], baseline: s
     report["requests"] = {"sent": stats.sent, "cached": stats.cached, "failed": stats.failed,
                           "unsent": stats.unsent, "asked_again": asked_again}
     report["tokens"] = {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens}
+    report["client"] = dict(stats.client)  # the concurrency the server sustained and its latency
     return report
 
 
@@ -282,8 +319,11 @@ def summary(report: dict) -> str:
     lines = [
         f"judge {clean(report['model'])}: {chal} (challenger) vs {base} (baseline), "
         f"{report['n_prompts']} prompts, {report['n_pairs']} verdicts asked (both orders)",
-        f"  win rate {_num(report['win_rate'])} (95% {_num(report['win_rate_low'])}-{_num(report['win_rate_high'])}): "
-        f"wins {report['wins']}, losses {report['losses']}, ties {report['ties']}",
+        f"  win rate {_num(report['win_rate'])} (95% {_num(report['win_rate_low'])}-{_num(report['win_rate_high'])}) "
+        f"over {report['prompts_judged']} prompts: {report['prompt_wins']} won in both orders, "
+        f"{report['prompt_losses']} lost in both, {report['prompt_splits']} split",
+        f"  consistency {_num(report['consistency'])} (share of prompts whose two orders agree); "
+        f"verdicts: wins {report['wins']}, losses {report['losses']}, ties {report['ties']}",
         f"  position bias {_num(report['position_bias'])} (share of decisive verdicts for the answer shown first)",
         f"  invalid {report['invalid']}, unanswered {report['unanswered']}",
     ]

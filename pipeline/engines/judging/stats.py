@@ -4,6 +4,14 @@ Verdicts are counted from the challenger's side (the adapter in the eval
 stage, REV_B in ``tenny judge``). Every prompt is judged in both orders, so a
 judge that always picks the first answer gives one win and one loss per
 prompt: a win rate of 0.5 whatever the answers, with position_bias 1.0.
+
+The unit of the win rate is the prompt, not the verdict: a prompt's two
+verdicts share its answers, so counting them as two independent draws makes
+the interval up to √2 too narrow. A prompt scores the mean of its valid
+verdicts (win 1, tie ½, loss 0): both orders agree on the challenger, 1; on
+the baseline, 0; they split, ½. The interval is Wilson's over the prompts,
+with the summed scores as successes; a score between 0 and 1 varies less than
+a coin with the same mean, so the interval is, if anything, a little wide.
 """
 
 from __future__ import annotations
@@ -51,8 +59,36 @@ def mean_interval(scores: Sequence[int], low: float = 1, high: float = 10) -> di
     return {"mean": round(m, 3), "low": round(max(low, m - half), 3), "high": round(min(high, m + half), 3), "n": n}
 
 
+def prompt_figures(per_prompt: Sequence[Sequence[str | None]], challenger: str, baseline: str) -> dict:
+    """Win rate and its interval over prompts, and how often a prompt's two orders agree.
+
+    ``per_prompt[i]`` holds prompt i's winners (challenger, baseline, "tie" or
+    None for an invalid or missing verdict), one per order it was shown in.
+    """
+    scores, split, both = [], 0, 0
+    for winners in per_prompt:
+        valid = [w for w in winners if w is not None]
+        if not valid:
+            continue
+        scores.append(mean(1.0 if w == challenger else 0.0 if w == baseline else 0.5 for w in valid))
+        if len(valid) == 2:
+            both += 1
+            split += valid[0] != valid[1]
+    n = len(scores)
+    interval = wilson(sum(scores), n)
+    return {
+        "prompts_judged": n,
+        "prompt_wins": sum(1 for x in scores if x == 1.0), "prompt_losses": sum(1 for x in scores if x == 0.0),
+        "prompt_splits": split,
+        "win_rate": round(sum(scores) / n, 4) if n else None,
+        "win_rate_low": round(interval[0], 4) if interval else None,
+        "win_rate_high": round(interval[1], 4) if interval else None,
+        "consistency": round((both - split) / both, 4) if both else None,
+    }
+
+
 def pair_figures(verdicts: Sequence[str | None], winners: Sequence[str | None], challenger: str, baseline: str) -> dict:
-    """wins / losses / ties, win rate with interval and position bias over the valid verdicts.
+    """wins / losses / ties and position bias over the valid verdicts (the win rate is by prompt: prompt_figures).
 
     ``verdicts[i]`` is what the judge said ("A" = the answer shown first);
     ``winners[i]`` the side it maps to (challenger, baseline or "tie").
@@ -62,11 +98,7 @@ def pair_figures(verdicts: Sequence[str | None], winners: Sequence[str | None], 
     ties = sum(1 for w in winners if w == "tie")
     valid = wins + losses + ties
     decisive = [v for v in verdicts if v in ("A", "B")]
-    interval = wilson(wins + ties / 2, valid)
     return {
-        "wins": wins, "losses": losses, "ties": ties,
-        "win_rate": round((wins + ties / 2) / valid, 4) if valid else None,
-        "win_rate_low": round(interval[0], 4) if interval else None,
-        "win_rate_high": round(interval[1], 4) if interval else None,
+        "wins": wins, "losses": losses, "ties": ties, "verdicts_valid": valid,
         "position_bias": round(sum(1 for v in decisive if v == "A") / len(decisive), 4) if decisive else None,
     }

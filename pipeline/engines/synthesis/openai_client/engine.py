@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from pipeline.core.errors import UserError
 from pipeline.core.params import SynthesizeParams
+from pipeline.engines.synthesis.openai_client.adaptive import AdaptiveLimit, Gate, ServerWatch
 from pipeline.engines.synthesis.openai_client.cost import Budget
 from pipeline.engines.synthesis.openai_client.limits import Limiter, backoff, estimate_tokens, retry_after
 from pipeline.engines.synthesis.openai_client.plan import Planned
@@ -43,8 +44,10 @@ class RunStats:
     cost_usd_cached: float = 0.0  # what the cached answers cost when they were bought
     budget_stop: int = 0
     wall_s: float = 0.0
+    abandoned: int = 0         # requests given up on while the server may still work on them (timeouts)
     retries_by_reason: Counter = field(default_factory=Counter)
     failed_by_reason: Counter = field(default_factory=Counter)
+    client: dict = field(default_factory=dict)  # the adaptive limit and the server's latency (Engine.figures)
 
     def fail(self, reason: str) -> None:
         """One request given up on, counted by reason."""
@@ -72,11 +75,17 @@ class RunStats:
             "cost_usd_cached": round(self.cost_usd_cached, 6),
             "budget_stop": self.budget_stop,
             "wall_s": round(self.wall_s, 3),
+            "abandoned": self.abandoned,
+            "client": dict(self.client),
         }
 
 
 class Garbage(Exception):
     """A 200 whose body is not a chat completion."""
+
+
+class Stalled(Exception):
+    """The server made no progress for timeout_s while this request waited: given up on."""
 
 
 class Engine:
@@ -103,6 +112,10 @@ class Engine:
         self.rng = random.Random()  # jitter must differ between clients hitting one server
         self.window = max(1024, 32 * cfg.concurrency)  # answers held for a straggler: ~2 KB each
         self.client = None
+        self.limit = AdaptiveLimit(cfg.concurrency, adaptive=cfg.adaptive_concurrency)
+        self.watch = ServerWatch()
+        if progress is not None:
+            progress.client = self  # the bar shows the limit in force and the server's pace
 
     # ---------------------------------------------------------------- sync face
 
@@ -119,6 +132,7 @@ class Engine:
                 yield from ready
         finally:
             self.stats.wall_s += time.monotonic() - started
+            self.stats.client = self.figures()
             _shut_down(loop, self.client)
 
     def _setup(self) -> None:
@@ -130,7 +144,8 @@ class Engine:
         self.error: BaseException | None = None
         self.ready = asyncio.Event()
         self.window_sem = asyncio.Semaphore(self.window)
-        self.slots = asyncio.Semaphore(self.cfg.concurrency)
+        self.slots = asyncio.Semaphore(self.cfg.concurrency)  # tasks alive: the ceiling; on the wire: self.gate
+        self.gate = Gate(self.limit)
         self.in_flight = 0
         self.settled = asyncio.Event()
         self.stopping = False
@@ -149,9 +164,12 @@ class Engine:
     async def _open(self) -> None:
         import openai
 
+        # No read timeout in the client: waiting is judged by _watched against the
+        # server's progress on every request, not by the age of one (see _watched).
+        t = self.cfg.timeout_s
         self.client = openai.AsyncOpenAI(
             api_key=self.api_key, base_url=self.cfg.base_url, max_retries=0,  # retries are ours: counted, paced, shared
-            timeout=self.cfg.timeout_s,
+            timeout=openai.Timeout(connect=t, read=None, write=t, pool=None),
         )
 
     async def _next_ready(self) -> list | None:
@@ -290,16 +308,34 @@ class Engine:
         reserve_tokens = tokens + cfg.max_tokens
         for attempt in range(cfg.max_retries + 1):
             await self.limiter.acquire(reserve_tokens)
+            load = await self.gate.acquire()
+            epoch = self.limit.epoch
+            sent = time.monotonic()
             self.stats.attempts += 1
             wait = None
+            lost = True  # this attempt says "too much load" (timeout, 429, 5xx, dropped)
             try:
-                # The body is plain JSON we built (and hashed) ourselves; chat.completions.create
-                # would re-walk it through the client's typed transform, ~0.4 ms of CPU a request,
-                # which at 100 ms latency is the difference between keeping up with a bare loop
-                # and not. client.post is the client's own documented way to send a raw body.
-                response = await self.client.post("/chat/completions", body=req.body, cast_to=ChatCompletion)
+                try:
+                    # The body is plain JSON we built (and hashed) ourselves; chat.completions.create
+                    # would re-walk it through the client's typed transform, ~0.4 ms of CPU a request,
+                    # which at 100 ms latency is the difference between keeping up with a bare loop
+                    # and not. client.post is the client's own documented way to send a raw body.
+                    response = await self._watched(
+                        self.client.post("/chat/completions", body=req.body, cast_to=ChatCompletion), sent, load)
+                except Stalled:
+                    self.stats.abandoned += 1
+                    self.limit.lost(epoch)
+                    # The server may still work on it (few cancel): its slot stays taken a while.
+                    await self.gate.abandon(self._ghost_s())
+                    raise
+                except BaseException:
+                    await self.gate.release()
+                    raise
+                await self.gate.release()
+                self.watch.replied()
                 answer = self._answer(req, response)
             except openai.APIStatusError as err:
+                self.watch.replied()  # an error reply is still the server at work
                 status = err.status_code
                 code = _error_code(err)
                 if status in (401, 403):
@@ -319,12 +355,13 @@ class Engine:
                     wait = retry_after(err.response.headers)
                     if status == 429:
                         self.limiter.pause(wait if wait is not None else backoff(attempt, cfg.retry_base_s, cfg.retry_max_s, None, self.rng))
+                    self.limit.lost(epoch)
                 else:
                     return self.stats.fail(f"http_{status}")
-            except openai.APITimeoutError:
+            except (openai.APITimeoutError, Stalled):
                 reason = "timeout"
             except openai.APIConnectionError as err:
-                if self.stats.ok == 0 and attempt >= 1 and _refused(err):
+                if self.stats.ok == 0 and (attempt >= 1 or attempt == cfg.max_retries) and _refused(err):
                     raise UserError(
                         f"synthesize.base_url: cannot connect to {self._where()} ({_cause(err)}); "
                         f"start the server or fix synthesize.base_url"
@@ -332,16 +369,80 @@ class Engine:
                 reason = "connection"
             except (Garbage, ValueError, openai.APIResponseValidationError):
                 reason = "garbage"
+                lost = False
             else:
+                self.watch.answered()
+                self.limit.answered(time.monotonic() - sent, load, epoch)
+                await self.gate.wake()  # the limit may have grown
                 self.stats.paid(answer)
                 self.limiter.settle(reserve_tokens, answer["prompt_tokens"] + answer["completion_tokens"])
                 return answer
+            if reason == "connection" and lost:
+                self.limit.lost(epoch)
+            self.watch.last_error = reason
             if attempt == cfg.max_retries:
+                if reason in ("timeout", "connection") and self.watch.last_progress < sent:
+                    # Not one reply from the server, to any request, while its last try waited.
+                    raise UserError(self._silent(reason))
                 return self.stats.fail(reason)
             self.stats.retries += 1
             self.stats.retries_by_reason[reason] += 1
             await asyncio.sleep(backoff(attempt, cfg.retry_base_s, cfg.retry_max_s, wait, self.rng))
         return None  # unreachable: the loop returns on its last attempt
+
+    async def _watched(self, call, sent: float, load: int):
+        """``call``'s response, or Stalled once the server stopped making progress.
+
+        A request is not late for having waited its turn: while the server keeps
+        answering (any request), the one at the back of its queue is alive. It is
+        given up on when the server answered nothing for ``timeout_s`` since it
+        was sent, or when it waited ``timeout_s`` for each request out ahead of it.
+        """
+        timeout = self.cfg.timeout_s
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                now = time.monotonic()
+                silent = now - max(self.watch.last_progress, sent)
+                left = min(timeout - silent, timeout * max(1, load) - (now - sent))
+                if left <= 0:
+                    raise Stalled()
+                done, _ = await asyncio.wait({task}, timeout=left)
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()  # closes the connection: a server that notices stops working on it
+                await asyncio.wait({task}, timeout=SHUT_DOWN_S)
+
+    def _ghost_s(self) -> float:
+        """How long an abandoned request may still keep the server busy: about one answer's time."""
+        latency = self.limit.latency_s
+        return min(self.cfg.timeout_s, latency) if latency else self.cfg.timeout_s / 4
+
+    def _silent(self, reason: str) -> str:
+        w = self.watch
+        now = time.monotonic()
+        return (f"the server at {self._where()} (model {self.cfg.model!r}) stopped answering: "
+                f"{w.answers} answers in {_span(now - w.started)}, no reply in the last {_span(now - w.last_progress)} "
+                f"({self.cfg.max_retries + 1} tries of one request), last error: {reason}. "
+                f"Answers so far are kept in .tenny/ and not asked again; check the server "
+                f"(or raise synthesize.timeout_s) and run again")
+
+    def figures(self) -> dict:
+        """The client's view of the server, for the report (numbers only: DVC metrics)."""
+        lim = self.limit
+        out = {"concurrency_ceiling": lim.ceiling, "concurrency_final": lim.in_force,
+               "concurrency_lowest": max(1, int(min(lim.lowest, lim.limit))),
+               "limit_decreases": lim.decreases, "limit_increases": lim.increases}
+        if lim.latency_s is not None:
+            out["latency_s_median"] = round(lim.latency_s, 3)
+        if lim.no_load_s is not None:
+            out["latency_s_no_load"] = round(lim.no_load_s, 3)
+        rate = self.watch.per_minute()
+        if rate is not None:
+            out["answers_per_min"] = round(rate, 2)
+        return out
 
     def _answer(self, req: Planned, response) -> dict:
         choices = getattr(response, "choices", None)
@@ -403,6 +504,10 @@ def _shut_down(loop: asyncio.AbstractEventLoop, client) -> None:
         pass
     finally:
         loop.close()
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _error_code(err) -> str | None:

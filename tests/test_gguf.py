@@ -1,0 +1,313 @@
+"""tenny export with export.gguf: llama.cpp's own tools write the files, and llama.cpp runs them.
+
+The reference here is llama.cpp itself (built once per machine into tenny's
+cache by the session fixture; CI builds it before the suite): each test model
+goes base → LoRA train → merge → GGUF through the stages, then the test asks
+llama-server, on loopback, for greedy tokens and compares them with the merged
+folder loaded by plain transformers. The models are tiny ones built from a
+config (Llama, Qwen2, Gemma 3, GPT-2) with SmolLM2's tokenizer, which
+llama.cpp's converter knows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.core.errors import UserError
+from pipeline.core.params import load_params
+from pipeline.core.records import make_record, write_records
+from pipeline.engines import gguf_files, llama_cpp
+from pipeline.engines.llama_server import serve
+from pipeline.stages import base, export, train
+
+SYSTEM = "You are Tenny."
+ANSWERS = [f"Printers sense fear, deadline number {i}." for i in range(20)]
+PROMPTS = ["Topic 3?", "Topic 11?"]
+
+
+@pytest.fixture(scope="session")
+def llama():
+    """llama.cpp from export.llama_cpp's fallbacks: $LLAMA_CPP_DIR, else tenny's build cache (built once)."""
+    return llama_cpp.ensure(None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer (read once from the packaged GGUF, ~7 s), saved as a folder the tests reload fast."""
+    from transformers import AutoTokenizer
+
+    from pipeline.engines.modeling import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+    return folder
+
+
+def tiny_model(arch: str, vocab: int, bos: int, eos: int):
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                              LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, **common)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**small))
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**small))
+    if arch == "gemma3":
+        return Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=64, **small))
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common))
+    if arch == "opt":  # an architecture llama.cpp's converter does not know
+        return OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                                        word_embed_proj_dim=64, max_position_embeddings=512, **common))
+    raise AssertionError(arch)
+
+
+def chats(n: int) -> list[dict]:
+    return [make_record(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Topic {i}?"},
+                                  {"role": "assistant", "content": ANSWERS[i]}]) for i in range(n)]
+
+
+def project_params(root: Path, *overrides):
+    return load_params(root / "params.yaml", [
+        "train.base_model=local-base", "train.max_steps=8", "train.batch_size=4", "train.lr=0.05",
+        "train.lora.target_modules=[]", f"build.system_prompt={SYSTEM}", f"eval.prompts={json.dumps(PROMPTS)}",
+        "export.check_tokens=16", *overrides])
+
+
+def pretrain(model, tok, records: list[dict], steps: int = 60):
+    """A few full-model steps on the chats, so the base speaks them decisively and ends each turn.
+
+    A random base answers with near-ties everywhere, where f16 rounding may pick either token;
+    a base that learned the data leaves clear winners, as real models do.
+    """
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in records]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model
+
+
+def trained_project(root: Path, arch: str, tokenizer_dir: Path):
+    """A project whose base is a tiny ``arch`` with SmolLM2's tokenizer, and an adapter trained on it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    records = chats(20)
+    model = pretrain(tiny_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id), tok, records)
+    model.save_pretrained(root / "local-base")
+    tok.save_pretrained(root / "local-base")
+    write_records(root / "data/final/train.jsonl", records[:16])
+    write_records(root / "data/final/val.jsonl", records[16:])
+    p = project_params(root)
+    base.run(p)
+    train.run(p)
+
+
+def greedy_transformers(folder: Path, prompt: str, n: int) -> tuple[list[int], str]:
+    """The merged folder as any user loads it, its own generation_config deciding where to stop."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=n, do_sample=False)
+    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    ends = model.generation_config.eos_token_id
+    ends = ends if isinstance(ends, list) else [ends]
+    return [t for t in new if t not in ends], tok.decode(new, skip_special_tokens=True)
+
+
+def rendered(folder: Path, messages: list[dict]) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=False,
+                                                                     add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def trained_llama(tmp_path_factory, smollm2_tokenizer_dir):
+    """A tiny Llama project with its adapter, trained once for the module; tests copy it."""
+    root = tmp_path_factory.mktemp("llama-project")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        trained_project(root, "llama", smollm2_tokenizer_dir)
+    return root
+
+
+@pytest.fixture
+def llama_project(trained_llama, in_tmp):
+    shutil.copytree(trained_llama, in_tmp, dirs_exist_ok=True)
+    return in_tmp
+
+
+def check_f16_in_llama_cpp(root: Path, llama) -> Path:
+    """The f16 file answers every prompt as the merged folder does in plain transformers, and stops there."""
+    files = sorted((root / "models/gguf").glob("*-f16.gguf"))
+    assert len(files) == 1 and files[0].name.startswith("local-base-")
+    f16 = files[0]
+    merged = root / "models/merged"
+    with serve(llama, f16) as server:
+        # llama.cpp renders the file's own template: a chat without a system turn gets the trained one.
+        asked = [{"role": "user", "content": "Topic 3?"}]
+        assert server.apply_template(asked) == rendered(merged, [{"role": "system", "content": SYSTEM}] + asked)
+        for prompt in PROMPTS:
+            text = rendered(merged, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
+            want, said = greedy_transformers(merged, text, 16)
+            got = server.complete(text, 16)
+            assert got.stopped and got.tokens[:len(want)] == want, (prompt, said, got.text)
+            assert len(got.tokens) <= len(want) + 1  # at most the end token itself after the answer
+            assert said.startswith("Printers sense fear")  # trained, so both stop at the turn end
+    meta = gguf_files.metadata(f16)
+    assert meta["eos"] == "<|im_end|>" and meta["bos"] == "<|im_start|>"
+    report = json.loads((root / "reports/export.json").read_text())
+    figures = report["files"][f16.name]
+    assert figures["identical"] == 1.0 and figures["stops_at_turn_end"] and figures["prompt_tokens_identical"]
+    assert figures["bytes"] == f16.stat().st_size and figures["tokens_per_s"] > 0
+    return f16
+
+
+def test_llama_f16_and_quantized_files_written_checked_and_served(llama_project, llama):
+    assert export.run(project_params(llama_project, "export.gguf=[f16, q8_0, q4_k_m]")) == 0
+    f16 = check_f16_in_llama_cpp(llama_project, llama)
+    names = sorted(p.name for p in (llama_project / "models/gguf").iterdir())
+    run = f16.name.removesuffix("-f16.gguf")
+    assert names == sorted(["Modelfile", f"{run}-f16.gguf", f"{run}-q8_0.gguf", f"{run}-q4_k_m.gguf"])
+    assert gguf_files.metadata(llama_project / f"models/gguf/{run}-q4_k_m.gguf")["eos"] == "<|im_end|>"
+    report = json.loads((llama_project / "reports/export.json").read_text())
+    assert set(report["files"]) == set(names) - {"Modelfile"} and report["failed"] == []
+    sizes = {t: report["files"][f"{run}-{t}.gguf"]["bytes"] for t in ("f16", "q8_0", "q4_k_m")}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+    modelfile = (llama_project / "models/gguf/Modelfile").read_text()
+    assert f"\nFROM ./{f16.name}\n" in modelfile and 'SYSTEM "You are Tenny."' in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "\nFROM .\n" in (llama_project / "models/merged/Modelfile").read_text()  # the folder keeps its own
+
+
+def test_lora_gguf_on_the_base_gguf_answers_as_the_merged_model(llama_project, llama, tmp_path):
+    """llama-server --lora: the adapter file over the base's own GGUF says what the merged folder says."""
+    assert export.run(project_params(llama_project, "export.gguf=[]", "export.gguf_adapter=true")) == 0
+    lora = next((llama_project / "models/gguf").glob("*-lora-f16.gguf"))
+    assert json.loads((llama_project / "reports/export.json").read_text())["adapter"]["file"] == lora.name
+    base_gguf = gguf_files.convert(llama, llama_project / "local-base", tmp_path / "base-f16.gguf", "f16").path
+    merged = llama_project / "models/merged"
+    with serve(llama, base_gguf, lora=lora) as server:
+        for prompt in PROMPTS:
+            text = rendered(merged, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
+            want, said = greedy_transformers(merged, text, 16)
+            got = server.complete(text, 16)
+            assert got.stopped and got.tokens[:len(want)] == want, (prompt, said, got.text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "gpt2"])
+def test_other_architectures_f16_answers_as_merged_in_llama_cpp(arch, in_tmp, llama, smollm2_tokenizer_dir):
+    trained_project(in_tmp, arch, smollm2_tokenizer_dir)
+    assert export.run(project_params(in_tmp, "export.gguf=[f16]")) == 0
+    check_f16_in_llama_cpp(in_tmp, llama)
+
+
+def test_architecture_llama_cpp_cannot_convert_gets_one_line(in_tmp, llama, smollm2_tokenizer_dir, capsys):
+    trained_project(in_tmp, "opt", smollm2_tokenizer_dir)
+    capsys.readouterr()
+    assert export.run(project_params(in_tmp, "export.gguf=[f16]")) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "GGUF" in ln]
+    assert len(lines) == 1 and "llama.cpp cannot convert OPTForCausalLM" in lines[0], err
+    assert (in_tmp / "models/merged/model.safetensors").exists()
+    assert list((in_tmp / "models/gguf").iterdir()) == []
+    assert "OPTForCausalLM" in json.loads((in_tmp / "reports/export.json").read_text())["skipped"]
+
+
+def test_no_llama_cpp_and_no_way_to_build_it(llama_project, monkeypatch, tmp_path):
+    (llama_project / "models/gguf").mkdir(parents=True)
+    (llama_project / "models/gguf/old-f16.gguf").write_text("an earlier export")
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))  # no cmake, no compiler
+    with pytest.raises(UserError) as err:
+        export.run(project_params(llama_project, "export.gguf=[q4_k_m]"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert all(s in message for s in ("export.llama_cpp", "LLAMA_CPP_DIR", "export.gguf: []", "cmake"))
+    assert (llama_project / "models/merged/model.safetensors").exists()  # the safetensors export is written
+    assert (llama_project / "models/gguf/old-f16.gguf").read_text() == "an earlier export"
+
+
+def test_llama_cpp_folder_without_binaries_is_named(llama_project):
+    (llama_project / "fake").mkdir()
+    (llama_project / "fake/convert_hf_to_gguf.py").write_text("")
+    with pytest.raises(UserError, match=r"export.llama_cpp: fake has no built llama-quantize / llama-server"):
+        export.run(project_params(llama_project, "export.gguf=[f16]", "export.llama_cpp=fake"))
+
+
+def test_unknown_gguf_type_lists_the_allowed(in_tmp):
+    with pytest.raises(UserError, match=r"export.gguf: .*unknown GGUF type q4_km; allowed: f16, bf16, f32, q8_0"):
+        load_params(in_tmp / "params.yaml", ["export.gguf=[f16, q4_km]"])
+
+
+def test_kill_mid_conversion_leaves_previous_gguf_folder_whole(llama_project, llama, monkeypatch):
+    (llama_project / "models/gguf").mkdir(parents=True)
+    (llama_project / "models/gguf/old-f16.gguf").write_text("an earlier export")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a Ctrl-C between the converter and the quantizer raises
+
+    monkeypatch.setattr(gguf_files, "quantize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export.run(project_params(llama_project, "export.gguf=[f16, q4_k_m]"))
+    assert [p.name for p in (llama_project / "models").iterdir() if p.name.startswith(".gguf")] == []
+    assert [p.name for p in (llama_project / "models/gguf").iterdir()] == ["old-f16.gguf"]
+
+
+def test_gguf_off_needs_no_llama_cpp_and_leaves_an_empty_folder(llama_project, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    (llama_project / "models/gguf").mkdir(parents=True)
+    (llama_project / "models/gguf/old-f16.gguf").write_text("of an earlier export.gguf setting")
+    assert export.run(project_params(llama_project)) == 0
+    assert list((llama_project / "models/gguf").iterdir()) == []
+    assert json.loads((llama_project / "reports/export.json").read_text())["files"] == {}
+
+
+async def test_eval_screen_shows_each_gguf_file_as_llama_cpp_ran_it(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_app import on_screen
+    from test_eval_screen import SIZE, eval_app, flat, loaded, write_reports
+
+    root = write_reports(tmp_path)
+    (root / "reports/export.json").write_text(json.dumps({
+        "name": "smollm2-1a2b3c4d", "check_tokens": 32, "prompts": 5, "merged": {"tokens_per_s": 21.5, "stopped": 4},
+        "files": {
+            "smollm2-1a2b3c4d-f16.gguf": {"type": "f16", "bytes": 271 * 2**20, "tokens_per_s": 48.2, "identical": 1.0,
+                                          "prompts": 5, "first_divergence": None, "stopped": 4},
+            "smollm2-1a2b3c4d-q4_k_m.gguf": {"type": "q4_k_m", "bytes": 101 * 2**20, "tokens_per_s": 120.4,
+                                             "identical": 0.6, "prompts": 5, "stopped": 4,
+                                             "first_divergence": {"prompt": "Airports?", "token": 7}}},
+        "failed": []}))
+    app = eval_app(root)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot, app.screen)
+        await pilot.pause(0.2)
+        drawn = flat(on_screen(app))
+    assert "merged model in transformers 21.5 tok/s" in drawn
+    assert "smollm2-1a2b3c4d-f16.gguf: 271.0 MiB · 100% as merged · stops 4/5 · 48.2 tok/s" in drawn
+    assert "q4_k_m.gguf: 101.0 MiB · 60% as merged · stops 4/5 · 120.4 tok/s · differs at token 7" in drawn
