@@ -209,7 +209,7 @@ def stage(folder, device, examples, args, packing: bool) -> dict:
 def overhead(folder, device, examples, args) -> None:
     """tenny's step against a bare Trainer with the same TrainingArguments and no callbacks, same process.
 
-    Both take the same rows through the same collator; tenny adds its
+    Both take the same rows in the same order through the same collator; tenny adds its
     callbacks (live figures and run.json, sealed checkpoints, stop on signal,
     answers while training) and its token count. The clock is the interval
     between consecutive ``on_step_begin`` calls, so it holds everything a step
@@ -255,6 +255,12 @@ def overhead(folder, device, examples, args) -> None:
         def intervals(self) -> list[float]:
             return [b - a for a, b in zip(self.starts[args.warmup:], self.starts[args.warmup + 1:])]
 
+    class Ordered(Trainer):
+        """transformers' Trainer taking the rows in the order given, as tenny's does; nothing else."""
+
+        def _get_train_sampler(self, *a, **kw):
+            return InOrderTrainer._get_train_sampler(self)
+
     class Uncounted:
         """The bare Trainer's collator: tenny's, without the token count it adds to each batch."""
 
@@ -273,7 +279,8 @@ def overhead(folder, device, examples, args) -> None:
         clock = Clock()
         collator = collator_for(False, "sdpa", PAD)
         if kind == "bare":
-            trainer = Trainer(model=model, args=targs, data_collator=Uncounted(collator), train_dataset=data,
+            # The same row order as tenny's (a random sampler would batch other lengths together).
+            trainer = Ordered(model=model, args=targs, data_collator=Uncounted(collator), train_dataset=data,
                               callbacks=[clock])
             trainer.remove_callback(PrinterCallback)
         else:
@@ -310,12 +317,13 @@ def overhead(folder, device, examples, args) -> None:
 
 def sample_cost(folder, device, examples, args) -> None:
     """What answering while training costs at the defaults: a step of the train stage against a round of
-    answers (train.sample_prompts: 5 prompts, 48 new tokens, greedy, full length: no EOS on random
-    weights), and the share of a run of --run-steps steps that sample_every: 0 (about 5 rounds) takes."""
+    answers (train.sample_prompts: 5 prompts, train.sample_max_new_tokens new tokens, greedy, full
+    length: no EOS on random weights), and the share of a run of --run-steps steps that sample_every: 0 (about 5 rounds) takes."""
     import math
 
     import torch
 
+    from pipeline.core.params import TrainParams
     from pipeline.engines import train_samples
 
     row = stage(folder, device, examples, args, packing=False)
@@ -329,8 +337,9 @@ def sample_cost(folder, device, examples, args) -> None:
             ids = torch.randint(3, 500, (len(texts), prompt_len), generator=torch.Generator().manual_seed(0))
             return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
 
+    new_tokens = TrainParams().sample_max_new_tokens
     sampler = train_samples.SampleAnswers(Path(tempfile.mkdtemp()), Tok(), ["p"] * 5, ["p"] * 5, stops=[-1],
-                                          sample_every=0, max_new_tokens=48, resumed_from=None)
+                                          sample_every=0, max_new_tokens=new_tokens, resumed_from=None)
     model.train()
     rounds = []
     for _ in range(3):
@@ -343,7 +352,7 @@ def sample_cost(folder, device, examples, args) -> None:
     n = math.ceil(args.run_steps / train_samples.every_for(0, args.run_steps))
     share = n * round_s / (args.run_steps * step_s + n * round_s)
     print(f"# sample cost: {prompt_len}-token prompts, batch {args.batch}")
-    print(f"median train step {step_s:.3f} s | median answer round (5 prompts x 48 tokens) {round_s:.3f} s")
+    print(f"median train step {step_s:.3f} s | median answer round (5 prompts x {new_tokens} tokens) {round_s:.3f} s")
     print(f"a run of {args.run_steps} steps, {n} rounds (sample_every: 0): {100 * share:.1f} % of its time")
 
 

@@ -284,6 +284,7 @@ async def test_review_binding_pushes_the_review_screen_lazily(tmp_path, monkeypa
     from textual.screen import Screen
 
     (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("TENNY_REVIEWER", "Ann Lee")  # the person at the keyboard gets a log of their own
     pushed = {}
 
     class FakeReview(Screen):
@@ -301,10 +302,10 @@ async def test_review_binding_pushes_the_review_screen_lazily(tmp_path, monkeypa
         await pilot.pause(0.1)
         assert isinstance(app.screen, FakeReview)
         assert pushed["args"] == (tmp_path.resolve() / "data/deduped/samples.jsonl",
-                                  tmp_path.resolve() / "data/reviews/decisions.jsonl")
+                                  tmp_path.resolve() / "data/reviews/Ann_Lee.jsonl")
         # the twins dedupe dropped and the tokenizer come from the app's project, not the shell's folder
         assert pushed["kwargs"] == {"dropped": tmp_path.resolve() / "reports/dedupe_dropped.jsonl",
-                                    "base_dir": tmp_path.resolve() / "models/base"}
+                                    "base_dir": tmp_path.resolve() / "models/base", "by": "Ann Lee"}
     monkeypatch.setitem(sys.modules, "tui.screens.review", None)  # as if the module did not exist
     app = TennyApp(tmp_path, load_params(tmp_path / "none.yaml"), start="eval")
     async with app.run_test(size=SIZE) as pilot:

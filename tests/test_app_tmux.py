@@ -44,14 +44,17 @@ def type_override(term: Terminal, text: str) -> None:
 def leave_field(term: Terminal) -> None:
     """Escape, then wait until the field is drawn unfocused (its colours change): ESC and a
     key that follow each other within the terminal's escape timeout read as alt+key."""
-    def field_row() -> str:
+    def field_border() -> str:
+        # The border's colours, not the whole row: the cursor's blink changes the row on its own,
+        # which read as "left the field" before a loaded machine had handled the Escape.
         rows = term.tmux("capture-pane", "-p", "-e", check=False).splitlines()
-        return next((r for r in rows if "Repro all" in r), "")
+        row = next((r for r in rows if "Repro all" in r), "")
+        return row[:row.find("▊") + 1]
 
-    focused = field_row()
+    focused = field_border()
     term.keys("Escape")
     deadline = time.monotonic() + 10
-    while field_row() == focused:
+    while field_border() == focused:
         assert time.monotonic() < deadline, "escape did not leave the override field"
         time.sleep(0.05)
 

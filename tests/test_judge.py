@@ -25,7 +25,7 @@ from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.params import load_params, validate  # noqa: E402
 from pipeline.core.records import make_record, write_jsonl, write_records  # noqa: E402
 from pipeline.engines.judging import formats, prompt_file  # noqa: E402
-from pipeline.engines.judging.runner import Answers, judge_answers, prepare  # noqa: E402
+from pipeline.engines.judging.runner import Answers, judge_answers, prepare, summary  # noqa: E402
 from pipeline.engines.judging.stats import Z95, mean_interval, prompt_figures, wilson  # noqa: E402
 from pipeline.engines.judging.verdicts import parse_score, parse_verdict  # noqa: E402
 
@@ -273,6 +273,7 @@ def test_the_eval_screen_line_shows_the_win_rate_by_prompt_and_the_consistency(p
     from tui.widgets.eval_judge import JudgeReport, summary_line
 
     report, _ = run_judge(serve(always_a))
+    assert re.search(r"server: concurrency \d+ of 4 \(lowest \d+\), median latency [\d.]+ s", summary(report))
     line = summary_line(JudgeReport(report))
     assert line.startswith("adapter over base: 50 % (") and "over 3 prompts (both orders agree on 0 %)" in line
     assert "position bias 100 %" in line

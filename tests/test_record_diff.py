@@ -266,7 +266,7 @@ def test_a_real_repro_or_an_unchanged_stage_does_not_warn(stale_repo):
 # ---------------------------------------------------------------- q inside the app goes back
 
 
-async def test_review_inside_the_app_q_goes_back_and_global_keys_still_work(tmp_path):
+async def test_review_inside_the_app_q_goes_back_and_global_keys_still_work(tmp_path, monkeypatch):
     from test_app import wait_for
     from test_review_support import write_records
 
@@ -275,6 +275,7 @@ async def test_review_inside_the_app_q_goes_back_and_global_keys_still_work(tmp_
     from tui.review_app import ReviewApp
     from tui.screens.review import ReviewScreen
 
+    monkeypatch.setenv("TENNY_REVIEWER", "ann")
     (tmp_path / ".dvc").mkdir()
     records = tmp_path / "data/deduped/samples.jsonl"
     records.parent.mkdir(parents=True)
@@ -292,7 +293,7 @@ async def test_review_inside_the_app_q_goes_back_and_global_keys_still_work(tmp_
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.ready, what="review again")
         await pilot.press("3")
         assert app.current_mode == "diff" and app.is_running
-    assert (tmp_path / "data/reviews/decisions.jsonl").read_text().count('"accept"') == 1
+    assert (tmp_path / "data/reviews/ann.jsonl").read_text().count('"accept"') == 1  # the reviewer's own log
 
     alone = ReviewApp(records, tmp_path / "d.jsonl")
     async with alone.run_test(size=(80, 24)) as pilot:

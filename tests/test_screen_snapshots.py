@@ -478,7 +478,7 @@ def test_review_in_the_app(template, tmp_path, monkeypatch, snap_compare):
         dumps({"id": "dup", "matched_id": recs[1]["id"], "score": 95.24,
                "text": "Sample 1: a cynical take on gyms!!", "matched_text": recs[1]["text"]}) + "\n")
     (repo / "data/reviews").mkdir(parents=True)
-    append_decision(repo / "data/reviews/decisions.jsonl", recs[0]["id"], "accept", by="snap")
+    append_decision(repo / "data/reviews/snap.jsonl", recs[0]["id"], "accept", by="snap")  # the reviewer's own log
 
     async def reviewing(pilot):
         await pilot.press("6")

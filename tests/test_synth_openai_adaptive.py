@@ -72,7 +72,7 @@ def test_one_slot_server_with_2s_timeouts_no_failures_and_no_wasted_work(in_tmp,
 
 def test_a_server_that_stops_answering_ends_the_run_with_one_line_and_keeps_the_answers(in_tmp, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    server = FakeOpenAI(rules=[Rule("topic 5", ["timeout"] * 10)], hang_s=5.0).start_in_thread()
+    server = FakeOpenAI(rules=[Rule("topic 5", ["timeout"] * 10)], hang_s=1.5).start_in_thread()
     try:
         params = project(8, server.url, timeout_s=0.3, max_retries=1, retry_base_s=0.01, retry_max_s=0.02,
                          concurrency=4)

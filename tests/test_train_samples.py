@@ -194,3 +194,61 @@ def test_bad_input_fails_at_start(in_tmp, capsys):
     with pytest.raises(UserError, match="build.val_fraction"):
         train.run(load_params(in_tmp / "params.yaml"))
     assert not (in_tmp / "dvclive" / rs.RUN_JSON).exists(), "nothing started"
+
+
+def test_padding_free_rows_give_each_sample_its_own_loss():
+    """The flash-attention rows (every sample of a batch in one row, no padding): per-sample losses equal
+    each sample's loss alone. Checked here with SDPA, which reads the same position ids."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.engines.modeling import IGNORE_INDEX
+    from pipeline.engines.packing import REAL_TOKENS, FlatCollator, PaddedCollator, as_dataset, pack
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                         attn_implementation="sdpa")).eval()
+    g = torch.Generator().manual_seed(3)
+    exs = []
+    for _ in range(6):
+        n = int(torch.randint(4, 20, (1,), generator=g))
+        ids = torch.randint(2, 300, (n,), generator=g).tolist()
+        exs.append((ids, [IGNORE_INDEX] * 2 + ids[2:]))
+
+    def summed(batch) -> list[float]:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}, use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 300), labels.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+        return loss, labels
+
+    alone = []
+    for ids, labs in exs:
+        loss, labels = summed(PaddedCollator(0)([{"input_ids": ids, "labels": labs}]))
+        alone.append(float(loss.sum()))
+    batch = FlatCollator(0, count_tokens=True)(as_dataset(exs, True, 64))
+    assert batch["input_ids"].shape == (1, sum(len(i) for i, _ in exs)) and "attention_mask" not in batch
+    assert batch[REAL_TOKENS] == sum(len(i) for i, _ in exs)
+    loss, labels = summed(batch)
+    flat, at = [0.0] * len(exs), 0
+    for i in [i for row in pack(exs, 64) for i in row]:  # the samples in the order the rows hold them
+        n = len(exs[i][0])
+        flat[i] = float(loss[0, at:at + n - 1].sum())
+        at += n
+    assert flat == pytest.approx(alone, abs=1e-4)
+
+
+def test_flash_attention_asked_for_without_it_goes_on_with_sdpa(capsys):
+    from pipeline.engines import train_speed
+    from pipeline.engines.packing import FlatCollator, PackedCollator
+
+    assert train_speed.attention("flash_attention_2", "cpu") == "sdpa"
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and "flash_attention_2 is not available" in line and "using sdpa" in line
+    assert train_speed.attention("auto", "cpu") == "sdpa" and train_speed.attention("eager", "cpu") == "eager"
+    assert isinstance(train_speed.collator_for(True, "flash_attention_2", 0), FlatCollator)
+    assert isinstance(train_speed.collator_for(True, "sdpa", 0), PackedCollator)
+    assert train_speed.log_every(0, "cpu") == 1 and train_speed.log_every(0, "cuda:0") == 10
+    assert train_speed.log_every(5, "cuda") == 5

@@ -26,6 +26,7 @@ from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
 from pipeline.core import paths
+from pipeline.core.decisions import default_reviewer, reviewer_log
 from pipeline.core.errors import UserError
 from pipeline.core.text import clean
 
@@ -182,8 +183,10 @@ class TennyApp(App):
         if isinstance(self.screen, ReviewScreen):
             return  # already in front: a second copy would hold a second view of the same log
         try:
-            screen = ReviewScreen(self.root / paths.DEDUPED, self.root / paths.DECISIONS,
-                                  dropped=self.root / paths.DEDUPE_DROPPED, base_dir=self.root / paths.BASE_DIR)
+            # the person at the keyboard appends to their own log, as `tenny review` does
+            by = default_reviewer()
+            screen = ReviewScreen(self.root / paths.DEDUPED, reviewer_log(self.root / paths.REVIEWS_DIR, by),
+                                  dropped=self.root / paths.DEDUPE_DROPPED, base_dir=self.root / paths.BASE_DIR, by=by)
         except UserError as err:
             self.notify(clean(str(err)), severity="error", markup=False)
             return

@@ -233,7 +233,8 @@ class TrainParams(Strict):
                                                      "(dvclive/samples.jsonl); 0: about 5 times per run; -1: off")
     sample_prompts: list[str] | None = Field(
         None, description="user turns answered while training; None: 4 val prompts and the first eval prompt")
-    sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="longest sample answer, in tokens (greedy)")
+    sample_max_new_tokens: int = Field(32, ge=1, le=4096, description="longest sample answer, in tokens (greedy): "
+                                                                      "32 keeps answers under 5% of a default run")
     early_stopping: EarlyStoppingParams | None = Field(
         None, description="stop when the val loss stops improving and keep its best step; None: off")
     log_every: int = Field(0, ge=0, description="steps between logged figures (loss, tokens/s, run.json); "

@@ -224,7 +224,8 @@ class LiveMetrics(TrainerCallback):
         if "eval_loss" in logs:
             self.last_val = float(logs["eval_loss"])
         self.series.flush()
-        self.bar.set_postfix(postfix(self.last_train, self.last_val))
+        # Drawn at the bar's next refresh (tqdm redraws at most 10 times a second), not per log.
+        self.bar.set_postfix(postfix(self.last_train, self.last_val), refresh=False)
         now = time.time()
         # The series above get every logged point; the two whole-file rewrites (metrics.json,
         # run.json) at most once a second, and at each eval and the last step: a watcher polls

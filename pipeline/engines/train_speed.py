@@ -44,10 +44,21 @@ def attention(setting: str, device: str) -> str:
     return setting
 
 
-def set_attention(model, kernel: str) -> None:
-    """Switch a loaded model to ``kernel`` (a no-op when it already runs it)."""
-    if getattr(model.config, "_attn_implementation", None) != kernel:
+def set_attention(model, kernel: str) -> str:
+    """Switch a loaded model to ``kernel`` (a no-op when it already runs it); returns the kernel in use.
+
+    A model that cannot run it (an architecture without SDPA support) keeps the one it loaded with, with a line.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    if current == kernel:
+        return kernel
+    try:
         model.set_attn_implementation(kernel)
+    except (ValueError, ImportError) as err:
+        print(f"train: train.attn_implementation: {kernel} does not work with this model "
+              f"({str(err).splitlines()[0]}); using {current}", flush=True)
+        return current or kernel
+    return kernel
 
 
 def collator_for(packing: bool, kernel: str, pad_id: int):

@@ -300,6 +300,7 @@ def run(params: Params, args: Any = None) -> int:
     with replace_dir(out, prefix=".merged.") as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _config_for_converters(tmp)
         if params.export.ollama:
             (tmp / "Modelfile").write_text(modelfile(fmt), encoding="utf-8")
     if params.export.ollama and fmt.kind in ("derived", "generic"):
@@ -317,6 +318,16 @@ def run(params: Params, args: Any = None) -> int:
         end_ids=end_ids, turn_end=fmt.end_tokens[0],
         modelfile=(lambda source: modelfile(fmt, source, paths.GGUF_DIR)) if ep.ollama else None), merged, tok)
     return 0
+
+
+def _config_for_converters(folder) -> None:
+    """config.json keys older readers expect: GPT-2's ``n_ctx``, which transformers 5 no longer writes
+    and llama.cpp's converter reads (transformers ignores it)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
+        config["n_ctx"] = config["n_positions"]
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def check_prompts(params: Params, limit: int = 5) -> list[str]:

@@ -50,7 +50,7 @@ from pipeline.engines.modeling import (
     too_long_report,
     train_tiny_tokenizer,
 )
-from pipeline.engines import train_samples, train_speed
+from pipeline.engines import train_speed
 from pipeline.engines.packing import as_dataset
 from pipeline.engines.turn_end import TurnEnds
 
@@ -187,6 +187,7 @@ def run(params: Params, args: Any = None) -> int:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from pipeline.engines import train_samples  # subclasses the Trainer's callback: transformers loads here, not at `tenny --help`
     from pipeline.engines.train_callbacks import (
         InOrderTrainer,
         LiveMetrics,
@@ -231,8 +232,7 @@ def run(params: Params, args: Any = None) -> int:
         tok = load_tokenizer(paths.BASE_DIR)
     sampling = train_samples.plan(tp, params, tok, val_records)  # bad sample prompts fail now, not at step N
     model = load_base_model(paths.BASE_DIR, tp.quantization, distributed_device(device))
-    kernel = train_speed.attention(tp.attn_implementation, device)
-    train_speed.set_attention(model, kernel)
+    kernel = train_speed.set_attention(model, train_speed.attention(tp.attn_implementation, device))
     model.config.use_cache = False  # packed rows stay apart only without a KV cache; training needs none
     model = prepare_for_lora(model, tp.quantization, tp.gradient_checkpointing)
     model = attach_lora(model, tp)
@@ -254,7 +254,9 @@ def run(params: Params, args: Any = None) -> int:
     main_process = targs.process_index == 0
     decided = None
     if main_process:
-        identity = run_identity.identify(tp.model_dump(mode="json"), [paths.TRAIN, paths.VAL], paths.BASE_DIR,
+        # build.stop_token is learned as the turn end: it changes the weights as a train knob does
+        train_knobs = {**tp.model_dump(mode="json"), "build.stop_token": params.build.stop_token}
+        identity = run_identity.identify(train_knobs, [paths.TRAIN, paths.VAL], paths.BASE_DIR,
                                          Path(tp.init_adapter) if tp.init_adapter else None, targs.world_size,
                                          cache_file=paths.STATE_DIR / "file_hashes.json")
         run_dir = paths.CHECKPOINTS_DIR / f"run-{identity.id}"

@@ -849,8 +849,7 @@ class ReviewScreen(Screen):
             return
         if not self._team_seen and self.queue.team_ready:
             self._team_seen = True
-            self._team_arrived()
-            return
+            self._team_arrived()  # then fold this log too: a decision appended meanwhile must not wait a tick
         try:
             changed = self.queue.sync()
             team = self.queue.sync_team()

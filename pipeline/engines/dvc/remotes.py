@@ -24,6 +24,8 @@ def configure_remote(root: str | os.PathLike, name: str, url: str) -> None:
 def remotes(root: str | os.PathLike) -> dict[str, str]:
     """{name: url} as `dvc remote list` prints them."""
     done = run_dvc(["remote", "list"], root, timeout=60)
+    if done.returncode != 0:  # a failed listing is not "no remotes"
+        raise DvcError(f"could not list DVC remotes: {last_error(done.stderr or done.stdout)}")
     out = {}
     for line in done.stdout.splitlines():
         parts = line.split()

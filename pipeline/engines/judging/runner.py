@@ -336,4 +336,9 @@ def summary(report: dict) -> str:
         lines.append("  persona score (1-10): " + ", ".join(parts))
     r = report["requests"]
     lines.append(f"  cost ${report['cost_usd']:.4f} ({r['sent']} sent, {r['cached']} from the cache)")
+    c = report.get("client") or {}
+    if r["sent"] and c.get("latency_s_median") is not None:  # how the server kept up (nothing to say if all was cached)
+        rate = f", {c['answers_per_min']:.1f} answers/min" if c.get("answers_per_min") is not None else ""
+        lines.append(f"  server: concurrency {c['concurrency_final']} of {c['concurrency_ceiling']} "
+                     f"(lowest {c['concurrency_lowest']}), median latency {c['latency_s_median']:.1f} s{rate}")
     return "\n".join(lines)
