@@ -29,7 +29,8 @@ def parse_overrides(text: str) -> list[str]:
     return items
 
 
-def _read_params(path: Path) -> object:
+def read_yaml(path: Path) -> object:
+    """A YAML file's content; None when it is missing; a UserError naming the file when it does not parse."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -46,7 +47,7 @@ def check_overrides(root: str | os.PathLike, items: list[str]) -> list[str]:
     would only repeat the current run).
     """
     path = Path(root) / "params.yaml"
-    data = _read_params(path) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections; fix the file first")
     current = validate(copy.deepcopy(data), source=str(path)).model_dump()

@@ -91,50 +91,14 @@ class _Tail:
         self.pending = b""
         self.ino: int | None = None
 
-    def read_new(self) -> tuple[bool, list[list[str]]]:
-        """(restarted, rows): restarted when the file was replaced or shrank."""
+    def _new_lines(self, gone_restarts: bool) -> tuple[bool, list[bytes]]:
+        """(restarted, complete lines appended since the last read); restarted when the file was replaced,
+        shrank, or (``gone_restarts``) vanished."""
         try:
             st = self.path.stat()
         except OSError:
-            return False, []
-        restarted = False
-        if (self.ino is not None and st.st_ino != self.ino) or st.st_size < self.offset:
-            self.offset, self.header, self.pending, restarted = 0, None, b"", True
-        self.ino = st.st_ino
-        if st.st_size == self.offset:
-            return restarted, []
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read(st.st_size - self.offset)
-        except OSError:
-            return restarted, []
-        self.offset += len(data)
-        data = self.pending + data
-        # The writer may be between write() calls: keep the unterminated tail for next time.
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.pending = data
-            return restarted, []
-        self.pending = data[cut + 1:]
-        rows = []
-        for raw in data[:cut].split(b"\n"):
-            cells = raw.decode("utf-8", errors="replace").rstrip("\r").split("\t")
-            if self.header is None:
-                self.header = cells
-                continue
-            if len(cells) == len(self.header):
-                rows.append(cells)
-        return restarted, rows
-
-
-class _Lines(_Tail):
-    """Appended complete JSON lines of one file since the last read; a line that does not parse is skipped."""
-
-    def read_new(self) -> tuple[bool, list]:  # type: ignore[override]
-        try:
-            st = self.path.stat()
-        except OSError:
+            if not gone_restarts:
+                return False, []
             # Gone (a new run cleared the folder): start over when it comes back.
             restarted = self.offset > 0
             self.offset, self.pending, self.ino = 0, b"", None
@@ -153,13 +117,37 @@ class _Lines(_Tail):
             return restarted, []
         self.offset += len(data)
         data = self.pending + data
+        # The writer may be between write() calls: keep the unterminated tail for next time.
         cut = data.rfind(b"\n")
         if cut < 0:
             self.pending = data
             return restarted, []
         self.pending = data[cut + 1:]
+        return restarted, data[:cut].split(b"\n")
+
+    def read_new(self) -> tuple[bool, list[list[str]]]:
+        """(restarted, rows): restarted when the file was replaced or shrank."""
+        restarted, lines = self._new_lines(gone_restarts=False)
+        if restarted:
+            self.header = None
         rows = []
-        for raw in data[:cut].split(b"\n"):
+        for raw in lines:
+            cells = raw.decode("utf-8", errors="replace").rstrip("\r").split("\t")
+            if self.header is None:
+                self.header = cells
+                continue
+            if len(cells) == len(self.header):
+                rows.append(cells)
+        return restarted, rows
+
+
+class _Lines(_Tail):
+    """Appended complete JSON lines of one file since the last read; a line that does not parse is skipped."""
+
+    def read_new(self) -> tuple[bool, list]:  # type: ignore[override]
+        restarted, lines = self._new_lines(gone_restarts=True)
+        rows = []
+        for raw in lines:
             try:
                 rows.append(json.loads(raw))
             except ValueError:

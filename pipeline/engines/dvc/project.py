@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import UserError
+from pipeline.core.overrides import read_yaml
 from pipeline.core.params import flatten
 from pipeline.engines.dvc.cli import dvc_json, git_show
 
@@ -29,15 +30,6 @@ class StageState:
     detail: str = ""  # what changed, in DVC's words
     cmd: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # last values, from the stage's metrics files
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({getattr(err, 'problem', err)}); fix the file") from None
 
 
 def stage_definitions(root: str | os.PathLike) -> dict[str, dict]:
