@@ -176,3 +176,12 @@ def test_parse_overrides():
     assert overrides.parse_overrides(" train.lr=1e-3, train.lora.r=16 ") == ["train.lr=1e-3", "train.lora.r=16"]
     with pytest.raises(UserError, match="dotted.key=value"):
         overrides.parse_overrides("train.lr")
+
+
+def test_a_long_remote_url_is_read_whole(tmp_path):
+    """`dvc remote list` wraps a long url at the terminal's width; the remote's url must come back whole."""
+    git(tmp_path, "init", "-q")
+    dvc(tmp_path, "init", "-q")
+    url = str(tmp_path / ("a-folder-name-long-enough-to-wrap-" * 4) / "storage")
+    assert remotes.ensure_remote(tmp_path, RemoteParams(name="team", url=url)) == "team"
+    assert remotes.remotes(tmp_path) == {"team": url}

@@ -22,15 +22,19 @@ def configure_remote(root: str | os.PathLike, name: str, url: str) -> None:
 
 
 def remotes(root: str | os.PathLike) -> dict[str, str]:
-    """{name: url} as `dvc remote list` prints them."""
-    done = run_dvc(["remote", "list"], root, timeout=60)
+    """{name: url} of every remote DVC's merged config knows.
+
+    Read from `dvc config --list` (one ``remote.NAME.url=URL`` per line), not from
+    `dvc remote list`, whose table wraps a long url at the terminal's width.
+    """
+    done = run_dvc(["config", "--list"], root, timeout=60)
     if done.returncode != 0:  # a failed listing is not "no remotes"
         raise DvcError(f"could not list DVC remotes: {last_error(done.stderr or done.stdout)}")
     out = {}
     for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            out[parts[0]] = parts[1]
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("remote.") and key.endswith(".url"):
+            out[key[len("remote."):-len(".url")]] = value
     return out
 
 
