@@ -302,13 +302,15 @@ def test_kill_mid_conversion_leaves_previous_gguf_folder_whole(llama_project, ll
     assert [p.name for p in (llama_project / "models/gguf").iterdir()] == ["old-f16.gguf"]
 
 
-def test_gguf_off_needs_no_llama_cpp_and_leaves_an_empty_folder(llama_project, monkeypatch, tmp_path):
+def test_gguf_off_needs_no_llama_cpp_and_leaves_only_a_note(llama_project, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     (llama_project / "models/gguf").mkdir(parents=True)
     (llama_project / "models/gguf/old-f16.gguf").write_text("of an earlier export.gguf setting")
     assert export.run(project_params(llama_project)) == 0
-    assert list((llama_project / "models/gguf").iterdir()) == []
+    # no file of the earlier setting; a note saying how to ask for files (DVC warns about an empty output)
+    assert [p.name for p in (llama_project / "models/gguf").iterdir()] == ["README.md"]
+    assert "export.gguf" in (llama_project / "models/gguf/README.md").read_text()
     assert json.loads((llama_project / "reports/export.json").read_text())["files"] == {}
 
 

@@ -37,6 +37,17 @@ class GGUFJob:
     modelfile: Callable[[str], str] | None  # "./file.gguf" -> Modelfile text; None: no Modelfile
 
 
+OFF_NOTE = """# GGUF files
+
+None were asked for: `export.gguf` is `[]` in params.yaml. To get files for
+llama.cpp, LM Studio and Ollama, set it and rerun the export stage, e.g.
+
+    tenny export --set 'export.gguf=[f16,q8_0,q4_k_m]'
+
+(the first time, tenny builds llama.cpp; see docs/export.md).
+"""
+
+
 def _architecture(merged_dir: Path) -> str:
     config = json.loads((merged_dir / "config.json").read_text())
     return (config.get("architectures") or [config.get("model_type", "?")])[0]
@@ -47,8 +58,9 @@ def write(job: GGUFJob, model, tok) -> dict:
     report: dict = {"name": job.name, "check_tokens": job.check_tokens, "prompts": len(job.prompts),
                     "files": {}, "adapter": None, "skipped": None}
     if not job.types and not job.adapter:
-        with replace_dir(paths.GGUF_DIR, prefix=".gguf."):
-            pass  # an empty folder: export.gguf is [], and files of an earlier setting must go
+        with replace_dir(paths.GGUF_DIR, prefix=".gguf.") as tmp:
+            # files of an earlier setting must go; a note instead of an empty folder, which DVC warns about
+            (tmp / "README.md").write_text(OFF_NOTE, encoding="utf-8")
         write_json(paths.EXPORT_REPORT, report)
         return report
 

@@ -14,7 +14,7 @@ With ``export.gguf`` (and ``export.gguf_adapter``): models/gguf/, GGUF files
 made by llama.cpp's own converter and quantizer, each run in llama.cpp on the
 eval prompts against the merged model, with reports/export.json
 (engines/gguf_export.py). ``export.gguf: []`` needs no llama.cpp and leaves
-models/gguf/ empty.
+only a README in models/gguf/ saying how to ask for files.
 
 The template and the stops are the point: a fine-tune learned one exact prompt
 layout and one exact end token. Served with another layout, or without that
