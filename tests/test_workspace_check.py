@@ -129,3 +129,11 @@ def test_a_killed_temp_experiments_copy_is_removed(repo):
     findings = recovery.repair_safe(repo)
     assert [f.line() for f in findings] == [f"repaired: removed a killed experiment's copy {workspace.EXPS_TEMP}/tmpkilled"]
     assert not copy.exists()
+
+
+def test_reading_the_config_does_not_hold_the_repair_back():
+    """The Pipeline screen reads remotes with `dvc config --list` as the app starts: a read, not a run
+    whose refs the startup repair must leave alone; `dvc config KEY VALUE` writes and counts."""
+    assert not processes._argv_is_dvc(["/venv/bin/dvc", "config", "--list"])
+    assert processes._argv_is_dvc(["/venv/bin/dvc", "config", "core.remote", "shared"])
+    assert processes._argv_is_dvc(["python", "-m", "dvc", "exp", "run", "--temp"])

@@ -28,6 +28,8 @@ def _argv_is_dvc(argv: list[str]) -> bool:
     else:
         return False
     words = [w for w in rest if w and not w.startswith("-")][:2]
+    if words == ["config"] and ("--list" in rest or "-l" in rest):
+        return False  # `dvc config --list` (how remotes are read) only reads
     return not (words and (words[0] in _READ_ONLY or " ".join(words) in _READ_ONLY))
 
 
