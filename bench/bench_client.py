@@ -25,30 +25,18 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.bench_synthesize import KEY, control, messages, stats, tenny_run  # noqa: E402
+from bench.bench_synthesize import KEY, control, messages, server_process, stats, tenny_run  # noqa: E402
 
 
-@contextmanager
 def slot_server(slots: int, service_s: float):
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/openai_server.py"), "--slots", str(slots),
-                             "--latency", str(service_s)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().split()
-        if not line or line[0] != "PORT":
-            raise RuntimeError("the test server did not start")
-        yield f"http://127.0.0.1:{line[1]}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return server_process(service_s, slots=slots)
 
 
 def drained(url: str, limit_s: float = 300) -> dict:

@@ -38,9 +38,11 @@ PER_RESPONSE = 5
 
 
 @contextmanager
-def server_process(latency: float, fail_rate: float = 0.0):
+def server_process(latency: float, fail_rate: float = 0.0, slots: int | None = None):
+    """The loopback test server in its own process (``slots``: how many requests it serves at once)."""
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests/openai_server.py"), "--latency", str(latency), "--fail-rate", str(fail_rate)],
+        [sys.executable, str(REPO / "tests/openai_server.py"), "--latency", str(latency), "--fail-rate", str(fail_rate),
+         *(["--slots", str(slots)] if slots is not None else [])],
         stdout=subprocess.PIPE, text=True,
     )
     try:

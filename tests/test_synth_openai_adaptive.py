@@ -66,7 +66,6 @@ def test_one_slot_server_with_2s_timeouts_no_failures_and_no_wasted_work(in_tmp,
     assert server.stats.chat_requests == n  # nothing asked twice
     client = report["client"]
     assert client["concurrency_ceiling"] == 16
-    assert 1 <= client["concurrency_final"] <= 16
     assert client["latency_s_median"] >= service
 
 

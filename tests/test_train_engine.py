@@ -436,7 +436,7 @@ def test_two_processes_stop_together_on_one_signal_and_resume_to_the_one_process
     assert out.count("SIGTERM: saving a checkpoint after this step") == 1, out + err[-3000:]
     (run_dir,) = run_dirs(project)
     (ckpt,) = checkpoints.complete(run_dir)
-    assert 1 <= ckpt.step < steps
+    assert ckpt.step < steps, "the signal to one rank stopped both before the run's end"
     assert sorted(f.name for f in ckpt.path.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert f"stopped at step {ckpt.step}" in out
     assert not psutil.pid_exists(workers["0"].pid) or workers["0"].status() == psutil.STATUS_ZOMBIE
