@@ -24,30 +24,17 @@ from pipeline.core.records import write_json
 FILE = "judge-formats.json"
 REJECTED_STATUSES = ("http_400", "http_422")  # what a server says to a field it does not take
 
-VERDICT = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "verdict", "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
-            "required": ["winner", "reason"], "additionalProperties": False,
-        },
-    },
-}
 
-SCORE = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "score", "strict": True,
-        "schema": {
-            "type": "object",
-            # an enum, not minimum/maximum: every schema-enforcing server takes enums
-            "properties": {"score": {"type": "integer", "enum": list(range(1, 11))}, "reason": {"type": "string"}},
-            "required": ["score", "reason"], "additionalProperties": False,
-        },
-    },
-}
+def _answer_with(schema: str, key: str, field: dict) -> dict:
+    """A strict JSON-schema response_format named ``schema``: ``{key: ..., "reason": ...}``, both required."""
+    return {"type": "json_schema", "json_schema": {"name": schema, "strict": True, "schema": {
+        "type": "object", "properties": {key: field, "reason": {"type": "string"}},
+        "required": [key, "reason"], "additionalProperties": False}}}
+
+
+VERDICT = _answer_with("verdict", "winner", {"type": "string", "enum": ["A", "B", "tie"]})
+# an enum, not minimum/maximum: every schema-enforcing server takes enums
+SCORE = _answer_with("score", "score", {"type": "integer", "enum": list(range(1, 11))})
 
 PROBE = [{"role": "user", "content": 'Reply with the JSON object {"winner": "tie", "reason": "probe"}.'}]
 
