@@ -13,6 +13,7 @@ import sys
 
 from pipeline.core.errors import UserError
 from pipeline.core.text import clean
+from pipeline.core.startup import ML_COMMANDS, preload_ml_stack
 
 # command → module; each module holds one stage or one tool. A command that opens a
 # screen points at its entry in tui/commands/: the app stands above pipeline/, so
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, overrides)
         if args.command is None:
             return importlib.import_module(APP).run_app(params, args) or 0
+        if args.command in ML_COMMANDS:
+            preload_ml_stack()
         module = importlib.import_module(args.module)
         return module.run(params, args) or 0
     except UserError as err:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diff_repo import EXPECTED, HOSTILE_TEXT, dvc, git, make_hostile_versions, make_two_versions  # noqa: E402
+from test_diff_repo import (  # noqa: E402
+    EXPECTED, HOSTILE_TEXT, empty_repo, git, make_hostile_versions, make_two_versions,
+)
 
 from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.params import load_params  # noqa: E402
@@ -50,9 +52,20 @@ def on_screen(app) -> str:
 SHOWN_ID = "\\x1b[31m[bold red]x[/]\\u202e\\x9b\\u200b"
 
 
+def versions_with_two_experiments(repo: Path) -> Path:
+    """test_diff_repo's two versions, and two `dvc exp run`s of them (train.lr 0.01 and 0.05)."""
+    from pipeline.engines.dvc import runs
+
+    make_two_versions(repo)
+    for lr in ("0.01", "0.05"):
+        lines: list[str] = []
+        assert runs.stream(runs.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
+    return repo
+
+
 @pytest.fixture
-def repo(tmp_path) -> Path:
-    return make_two_versions(tmp_path / "r")
+def repo(tmp_path, built_once) -> Path:
+    return built_once(make_two_versions, tmp_path / "r")
 
 
 def app_for(repo: Path, **kwargs) -> TennyApp:
@@ -89,11 +102,8 @@ async def test_pipeline_screen_runs_repro_and_exp_run(repo):
         assert any(r.params.get("train.lr") == 0.01 and r.parent for r in experiments.exp_show(repo))
 
 
-async def test_pipeline_run_can_be_cancelled_and_ui_stays_live(tmp_path):
-    repo = tmp_path / "slow"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
+async def test_pipeline_run_can_be_cancelled_and_ui_stays_live(tmp_path, built_once):
+    repo = built_once(empty_repo, tmp_path / "slow")
     (repo / "slow.py").write_text("import time\nfor i in range(100000):\n    print('tick', i, flush=True)\n"
                                   "    time.sleep(0.05)\n")
     (repo / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python slow.py\n    outs: [never.txt]\n")
@@ -132,11 +142,8 @@ async def test_notification_shows_typed_text_literally(tmp_path):
         assert raw_controls(shown) == []
 
 
-async def test_run_log_shows_stage_output_escaped(tmp_path):
-    repo = tmp_path / "loud"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
+async def test_run_log_shows_stage_output_escaped(tmp_path, built_once):
+    repo = built_once(empty_repo, tmp_path / "loud")
     (repo / "loud.py").write_text(f"print({HOSTILE_TEXT!r}, flush=True)\n")
     (repo / "dvc.yaml").write_text("stages:\n  loud:\n    cmd: python loud.py\n")
     app = TennyApp(repo, load_params(repo / "none.yaml"))
@@ -192,8 +199,8 @@ async def test_diff_screen_counts_and_bad_revision(repo):
         assert "revision 'no-such-rev' not found" in plain(screen.query_one("#diff-message"))
 
 
-async def test_diff_screen_shows_hostile_ids_and_text_as_text(tmp_path):
-    repo = make_hostile_versions(tmp_path / "h")
+async def test_diff_screen_shows_hostile_ids_and_text_as_text(tmp_path, built_once):
+    repo = built_once(make_hostile_versions, tmp_path / "h")
     app = app_for(repo, start="diff")
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
@@ -209,12 +216,8 @@ async def test_diff_screen_shows_hostile_ids_and_text_as_text(tmp_path):
         assert SHOWN_ID[:40] in drawn and raw_controls(drawn) == []
 
 
-async def test_experiments_screen_sorts_marks_and_diffs(repo):
-    lines: list[str] = []
-    from pipeline.engines.dvc import runs
-
-    for lr in ("0.01", "0.05"):
-        assert runs.stream(runs.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
+async def test_experiments_screen_sorts_marks_and_diffs(tmp_path, built_once):
+    repo = built_once(versions_with_two_experiments, tmp_path / "r")
     app = app_for(repo, start="experiments")
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen

@@ -101,8 +101,8 @@ def start_until_step(args: list[str], repo: Path, step: int = 5) -> tuple[runs.R
 
 
 @pytest.fixture
-def repo(tmp_path) -> Path:
-    return make_trained_repo(tmp_path / "r")
+def repo(tmp_path, built_once) -> Path:
+    return built_once(make_trained_repo, tmp_path / "r")
 
 
 def test_cancelled_experiment_leaves_branch_index_refs_and_outputs(repo):

@@ -58,8 +58,8 @@ async def test_training_screen_says_when_its_run_left_the_workspace(tmp_path):
         assert screen.replaced != before and "step 1" in screen.replaced
 
 
-async def test_pipeline_screen_says_each_stage_state_in_words_before_its_metrics(tmp_path):
-    repo = make_two_versions(tmp_path / "r")
+async def test_pipeline_screen_says_each_stage_state_in_words_before_its_metrics(tmp_path, built_once):
+    repo = built_once(make_two_versions, tmp_path / "r")
     dvc(repo, "repro", "-q")
     (repo / "count.py").write_text((repo / "count.py").read_text() + "# edited\n")
     (repo / "params.yaml").write_text("train:\n  lr: 0.005\n")
@@ -81,8 +81,8 @@ async def test_pipeline_screen_says_each_stage_state_in_words_before_its_metrics
         await wait_for(pilot, lambda: "report  up to date" in plain(screen.query_one("#stage-detail")), 5, "detail")
 
 
-async def test_pipeline_screen_names_a_stage_never_run(tmp_path):
-    repo = make_two_versions(tmp_path / "r")
+async def test_pipeline_screen_names_a_stage_never_run(tmp_path, built_once):
+    repo = built_once(make_two_versions, tmp_path / "r")
     app = app_for(repo)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
@@ -95,14 +95,14 @@ async def test_pipeline_screen_names_a_stage_never_run(tmp_path):
 MODES = {"1": "pipeline", "2": "training", "3": "diff", "4": "experiments", "5": "eval", "7": "chat"}
 
 
-async def test_global_keys_work_from_every_screen(tmp_path):
+async def test_global_keys_work_from_every_screen(tmp_path, built_once):
     from textual.command import CommandPalette
     from textual.widgets import Input
 
     from tui.screens.keys_help import KeysHelp
     from tui.screens.review import ReviewScreen
 
-    repo = make_two_versions(tmp_path / "r")
+    repo = built_once(make_two_versions, tmp_path / "r")
     app = app_for(repo)
     async with app.run_test(size=(80, 24)) as pilot:
         # each key from the screen before it, then back to the pipeline from the last one

@@ -33,9 +33,29 @@ def start_app(repo: Path) -> Terminal:
     return term
 
 
+def field_border(term: Terminal) -> str:
+    """The override field's border with its colours, which change as it gains or loses focus."""
+    # The border's colours, not the whole row: the cursor's blink changes the row on its own,
+    # which read as "left the field" before a loaded machine had handled the Escape.
+    rows = term.tmux("capture-pane", "-p", "-e", check=False).splitlines()
+    row = next((r for r in rows if "Repro all" in r), "")
+    return row[:row.find("▊") + 1]
+
+
+def wait_border_change(term: Terminal, was: str, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while field_border(term) == was:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def type_override(term: Terminal, text: str) -> None:
-    """Focus the field, type, and press Enter once the text is on screen, as a person would."""
+    """Focus the field, type, and press Enter once the text is on screen, as a person would.
+    The text goes only once the field is drawn focused: typed earlier, on a loaded machine, its
+    characters reached the Pipeline screen as keys ("2" opened the Training screen)."""
+    unfocused = field_border(term)
     term.keys("o")
+    wait_border_change(term, unfocused, "o did not focus the override field")
     term.keys("-l", text)
     term.wait_for(text)
     term.keys("Enter")
@@ -44,19 +64,9 @@ def type_override(term: Terminal, text: str) -> None:
 def leave_field(term: Terminal) -> None:
     """Escape, then wait until the field is drawn unfocused (its colours change): ESC and a
     key that follow each other within the terminal's escape timeout read as alt+key."""
-    def field_border() -> str:
-        # The border's colours, not the whole row: the cursor's blink changes the row on its own,
-        # which read as "left the field" before a loaded machine had handled the Escape.
-        rows = term.tmux("capture-pane", "-p", "-e", check=False).splitlines()
-        row = next((r for r in rows if "Repro all" in r), "")
-        return row[:row.find("▊") + 1]
-
-    focused = field_border()
+    focused = field_border(term)
     term.keys("Escape")
-    deadline = time.monotonic() + 10
-    while field_border() == focused:
-        assert time.monotonic() < deadline, "escape did not leave the override field"
-        time.sleep(0.05)
+    wait_border_change(term, focused, "escape did not leave the override field")
 
 
 def children(pid: int) -> list[int]:
@@ -65,8 +75,9 @@ def children(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def repo(tmp_path) -> Path:
-    return make_trained_repo(tmp_path / "r")
+def repo(tmp_path, built_once) -> Path:
+    """A copy of one trained repo per test process (conftest's `built_once`): each test gets its own."""
+    return built_once(make_trained_repo, tmp_path / "r")
 
 
 def test_invalid_override_writes_and_starts_nothing(repo):

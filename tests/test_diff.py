@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_diff_repo import (  # noqa: E402
-    EXPECTED, HOSTILE_ID, HOSTILE_TEXT, V1, dvc, git, init_repo, make_hostile_versions, make_two_versions,
+    EXPECTED, HOSTILE_ID, HOSTILE_TEXT, V1, dvc, empty_repo, git, make_hostile_versions, make_two_versions,
 )
 
 from pipeline import cli  # noqa: E402
@@ -21,8 +21,9 @@ from pipeline.core.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_two_versions(tmp_path_factory.mktemp("diffrepo") / "r")
+def repo(tmp_path_factory, built_once) -> Path:
+    # A copy of the two versions test_dvc_ops and the app's tests also start from (built once per process).
+    return built_once(make_two_versions, tmp_path_factory.mktemp("diffrepo") / "r")
 
 
 def test_counts_are_exact(repo):
@@ -85,8 +86,8 @@ def test_cli_summary_and_json(repo, capsys, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def hostile_repo(tmp_path_factory) -> Path:
-    return make_hostile_versions(tmp_path_factory.mktemp("hostile") / "r")
+def hostile_repo(tmp_path_factory, built_once) -> Path:
+    return built_once(make_hostile_versions, tmp_path_factory.mktemp("hostile") / "r")
 
 
 def raw_controls(out: str) -> list[str]:
@@ -132,8 +133,8 @@ def test_bad_input_is_one_line(repo, capsys, monkeypatch, args, needle):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_path_added_at_one_revision_names_the_revision(tmp_path):
-    repo = init_repo(tmp_path / "r", pipeline=False)
+def test_path_added_at_one_revision_names_the_revision(tmp_path, built_once):
+    repo = built_once(empty_repo, tmp_path / "r")
     (repo / "a.txt").write_text("x")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "one")
@@ -166,8 +167,8 @@ def test_data_missing_from_cache_says_pull(repo, tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["{not json", '{"id": "x", "text": "\\ud800"}', "[1]", '{"id": "x"}'])
-def test_bad_line_names_file_revision_and_line(tmp_path, bad):
-    repo = init_repo(tmp_path / "r", pipeline=False)
+def test_bad_line_names_file_revision_and_line(tmp_path, built_once, bad):
+    repo = built_once(empty_repo, tmp_path / "r")
     data = repo / "data/deduped/samples.jsonl"
     data.parent.mkdir(parents=True)
     data.write_text(json.dumps(V1[0]) + "\n" + bad + "\n")
@@ -185,11 +186,11 @@ def test_distribution_and_histogram():
 
 
 @pytest.fixture(scope="module")
-def big_repo(tmp_path_factory) -> Path:
+def big_repo(tmp_path_factory, built_once) -> Path:
     """v1 → v2 adds 3000 records: `--json --examples 3000` prints far more than a pipe buffer (64 KiB)."""
     from test_diff_repo import rec, write_version
 
-    repo = init_repo(tmp_path_factory.mktemp("bigdiff") / "r", pipeline=False)
+    repo = built_once(empty_repo, tmp_path_factory.mktemp("bigdiff") / "r")
     write_version(repo, [rec(0)], [], 0.001, "v1")
     write_version(repo, [rec(i) for i in range(3000)], [], 0.001, "v2")
     return repo

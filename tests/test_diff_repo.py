@@ -86,6 +86,12 @@ def init_repo(repo: Path, *, pipeline: bool = True) -> Path:
     return repo
 
 
+def empty_repo(repo: Path) -> Path:
+    """An empty git + DVC repository: for conftest's `built_once`, so a test copies it instead of
+    paying `git init` + `dvc init` (two processes, a second of CPU) each time."""
+    return init_repo(repo, pipeline=False)
+
+
 def write_version(repo: Path, records: list[dict], decisions: list[dict], lr: float, message: str) -> None:
     """One committed version: records DVC-tracked, decisions and params in git."""
     data = repo / "data/deduped/samples.jsonl"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diff_repo import dvc, git, make_two_versions  # noqa: E402
+from test_diff_repo import empty_repo, git, make_two_versions  # noqa: E402
 
 from pipeline.commands.diff import diff_records  # noqa: E402
 from pipeline.core import overrides  # noqa: E402
@@ -22,8 +22,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_two_versions(tmp_path_factory.mktemp("opsrepo") / "r")
+def repo(tmp_path_factory, built_once) -> Path:
+    # A copy of the two versions test_diff and the app's tests also start from (built once per process);
+    # this module's tests then share it in order.
+    return built_once(make_two_versions, tmp_path_factory.mktemp("opsrepo") / "r")
 
 
 def states(repo) -> dict[str, str]:
@@ -125,11 +127,8 @@ def test_relative_remote_url_is_relative_to_the_project(repo):
     assert remotes.ensure_remote(repo, RemoteParams()) is None  # no url: leave DVC's config alone
 
 
-def test_cancel_stops_the_whole_process_group(tmp_path):
-    repo = tmp_path / "slow"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
+def test_cancel_stops_the_whole_process_group(tmp_path, built_once):
+    repo = built_once(empty_repo, tmp_path / "slow")
     marker = repo / "child.pid"
     (repo / "dvc.yaml").write_text(
         "stages:\n  slow:\n    cmd: python -c \"import os,time; open('child.pid','w').write(str(os.getpid())); "
@@ -178,10 +177,9 @@ def test_parse_overrides():
         overrides.parse_overrides("train.lr")
 
 
-def test_a_long_remote_url_is_read_whole(tmp_path):
+def test_a_long_remote_url_is_read_whole(tmp_path, built_once):
     """`dvc remote list` wraps a long url at the terminal's width; the remote's url must come back whole."""
-    git(tmp_path, "init", "-q")
-    dvc(tmp_path, "init", "-q")
+    repo = built_once(empty_repo, tmp_path / "r")
     url = str(tmp_path / ("a-folder-name-long-enough-to-wrap-" * 4) / "storage")
-    assert remotes.ensure_remote(tmp_path, RemoteParams(name="team", url=url)) == "team"
-    assert remotes.remotes(tmp_path) == {"team": url}
+    assert remotes.ensure_remote(repo, RemoteParams(name="team", url=url)) == "team"
+    assert remotes.remotes(repo) == {"team": url}

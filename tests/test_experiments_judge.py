@@ -3,6 +3,7 @@ judge server, in the background, cancellable, and opens the Eval screen on what 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO, env_with_bin
 from openai_server import FakeOpenAI
 from test_app import on_screen, raw_controls, wait_for
+from test_diff_repo import empty_repo
 
 from pipeline.core.params import load_params
 from tui.app import TennyApp
@@ -60,17 +62,21 @@ def prefers_warm(body: dict) -> str:
 def server():
     s = FakeOpenAI(responder=prefers_warm).start_in_thread()
     yield s
+    # The cancelled judge's requests still sleep out their 30 s latency in the server, and its shutdown
+    # waits for them: end them first (this teardown used to sit out stop_thread's 10 s join timeout).
+    s._loop.call_soon_threadsafe(lambda: [task.cancel() for task in asyncio.all_tasks(s._loop)])
     s.stop_thread()
+    assert not s._thread.is_alive(), "the fake judge server did not stop"
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
+def repo(tmp_path, monkeypatch, built_once) -> Path:
     """Two DVC experiments, `cold` and `warm`, each with its own reports/generations.jsonl in git."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     for name, value in (("GIT_AUTHOR_NAME", "t"), ("GIT_AUTHOR_EMAIL", "t@t.invalid"),
                         ("GIT_COMMITTER_NAME", "t"), ("GIT_COMMITTER_EMAIL", "t@t.invalid")):
         monkeypatch.setenv(name, value)
-    root = tmp_path / "r"
+    root = built_once(empty_repo, tmp_path / "r")  # git init + dvc init, copied
     (root / "data/prompts").mkdir(parents=True)
     (root / "reports").mkdir()
     shutil.copy(REPO / "data/prompts/judge.yaml", root / "data/prompts/judge.yaml")
@@ -80,8 +86,6 @@ def repo(tmp_path, monkeypatch) -> Path:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"gen": {
         "cmd": f"{sys.executable} gen.py", "deps": ["gen.py"], "params": [{"gen.yaml": ["who"]}],
         "outs": [{"reports/generations.jsonl": {"cache": False}}]}}}))
-    git(root, "init", "-q")
-    dvc(root, "init", "-q")
     dvc(root, "repro", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "v1")

@@ -11,6 +11,7 @@ llama.cpp's converter knows.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -103,14 +104,20 @@ def pretrain(model, tok, records: list[dict], steps: int = 60):
     return model
 
 
-def trained_project(root: Path, arch: str, tokenizer_dir: Path):
-    """A project whose base is a tiny ``arch`` with SmolLM2's tokenizer, and an adapter trained on it."""
+@functools.lru_cache(maxsize=None)
+def tokenizer(folder: Path):
+    """One load per folder: a 49k-token tokenizer takes half a second to read, and the checks ask often."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def trained_project(root: Path, arch: str, tokenizer_dir: Path, pretrain_steps: int = 60):
+    """A project whose base is a tiny ``arch`` with SmolLM2's tokenizer, and an adapter trained on it."""
+    tok = tokenizer(tokenizer_dir)
     records = chats(20)
     asked = [r for r in records if r["messages"][1]["content"] in PROMPTS]
-    model = pretrain(tiny_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id), tok, asked)
+    model = pretrain(tiny_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id), tok, asked, pretrain_steps)
     model.save_pretrained(root / "local-base")
     tok.save_pretrained(root / "local-base")
     write_records(root / "data/final/train.jsonl", records[:16])
@@ -122,10 +129,10 @@ def trained_project(root: Path, arch: str, tokenizer_dir: Path):
 
 def greedy_transformers(folder: Path, prompt: str, n: int) -> tuple[list[int], str]:
     """The merged folder as any user loads it, its own generation_config deciding where to stop."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = tokenizer(folder)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=n, do_sample=False)
@@ -136,16 +143,11 @@ def greedy_transformers(folder: Path, prompt: str, n: int) -> tuple[list[int], s
 
 
 def prompt_ids(folder: Path, text: str) -> list[int]:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(folder)(text, add_special_tokens=False)["input_ids"]
 
 
 def rendered(folder: Path, messages: list[dict]) -> str:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=False,
-                                                                     add_generation_prompt=True)
+    return tokenizer(folder).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def check_f16_in_llama_cpp(root: Path, llama) -> Path:
     return f16
 
 
-def test_llama_f16_and_quantized_files_written_checked_and_served(llama_project, llama):
+async def test_llama_f16_and_quantized_files_written_checked_and_served(llama_project, llama):
     assert export.run(project_params(llama_project, "export.gguf=[f16, q8_0, q4_k_m]")) == 0
     f16 = check_f16_in_llama_cpp(llama_project, llama)
     names = sorted(p.name for p in (llama_project / "models/gguf").iterdir())
@@ -222,6 +224,39 @@ def test_llama_f16_and_quantized_files_written_checked_and_served(llama_project,
     _, said = greedy_transformers(llama_project / "models/merged", text, 16)
     assert out.getvalue() == f"── {run}-f16.gguf (llama.cpp) ──\n{said.strip()}\n"
 
+    # The chat screen hears the same file: g switches from the Python models to each GGUF in turn.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_app import plain, wait_for
+
+    from tui.chat_app import ChatApp
+
+    app = ChatApp(llama_project, p, sampling=Sampling(temperature=0, max_new_tokens=16),
+                  gguf=llama_project / f"models/gguf/{run}-f16.gguf")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.chat
+        await wait_for(pilot, lambda: screen.state != "loading", what="llama-server to start")
+        assert screen.state == "ready", plain(screen.query_one("#chat-status"))
+        assert not screen.query_one("#chat-base-pane").display and screen.query_one("#chat-gguf-pane").display
+        assert screen.query_one("#chat-gguf-pane").border_title == f"{run}-f16.gguf (llama.cpp)"
+        await pilot.press("i", *"Topic 3?", "enter")
+        await wait_for(pilot, lambda: not screen.generating, what="the file's answer")
+        assert plain(screen.query_one("#chat-gguf")) == f"you: Topic 3?\n{said.strip()}"
+        server = screen.session.server
+        await pilot.press("escape", "g")  # the next file: another llama-server, the first one stopped
+        await wait_for(pilot, lambda: screen.state != "loading", what="the next file")
+        assert screen.gguf.name == f"{run}-q4_k_m.gguf" and screen.session.server is not server
+        assert plain(screen.query_one("#chat-gguf")) == ""
+        import requests
+
+        with pytest.raises(requests.ConnectionError):
+            requests.get(server.url + "/health", timeout=2)
+        while screen.gguf is not None:  # past the last file: the Python models again
+            await pilot.press("g")
+            await wait_for(pilot, lambda: screen.state != "loading", what="the next model")
+        assert screen.query_one("#chat-base-pane").display and not screen.query_one("#chat-gguf-pane").display
+
 
 def test_lora_gguf_on_the_base_gguf_answers_as_the_merged_model(llama_project, llama, tmp_path):
     """llama-server --lora: the adapter file over the base's own GGUF says what the merged folder says."""
@@ -250,7 +285,7 @@ def test_other_architectures_f16_answers_as_merged_in_llama_cpp(arch, in_tmp, ll
 
 
 def test_architecture_llama_cpp_cannot_convert_gets_one_line(in_tmp, llama, smollm2_tokenizer_dir, capsys):
-    trained_project(in_tmp, "opt", smollm2_tokenizer_dir)
+    trained_project(in_tmp, "opt", smollm2_tokenizer_dir, pretrain_steps=0)  # it never answers: no need to teach it
     capsys.readouterr()
     assert export.run(project_params(in_tmp, "export.gguf=[f16]")) == 0
     err = capsys.readouterr().err
@@ -292,10 +327,11 @@ def test_kill_mid_conversion_leaves_previous_gguf_folder_whole(llama_project, ll
     (llama_project / "models/gguf").mkdir(parents=True)
     (llama_project / "models/gguf/old-f16.gguf").write_text("an earlier export")
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # what a Ctrl-C between the converter and the quantizer raises
+    def killed(llama, merged, out, outtype):
+        out.write_bytes(b"GGUF" + bytes(1000))  # the converter had written part of its file
+        raise KeyboardInterrupt  # when the user pressed Ctrl-C
 
-    monkeypatch.setattr(gguf_files, "quantize", killed)
+    monkeypatch.setattr(gguf_files, "convert", killed)
     with pytest.raises(KeyboardInterrupt):
         export.run(project_params(llama_project, "export.gguf=[f16, q4_k_m]"))
     assert [p.name for p in (llama_project / "models").iterdir() if p.name.startswith(".gguf")] == []
@@ -354,3 +390,50 @@ def test_f16_file_that_answers_otherwise_fails_the_stage_naming_file_and_prompt(
     assert [p.name for p in (in_tmp / "models/gguf").iterdir()] == ["old-f16.gguf"]
     report = json.loads((in_tmp / "reports/export.json").read_text())
     assert report["failed"] and next(iter(report["files"].values()))["identical"] < 1
+
+
+def test_header_reader_reads_what_gguf_py_reads(tmp_path):
+    """gguf_files.read_fields against gguf-py's own GGUFReader, on a file gguf-py's writer made."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    path = tmp_path / "fields.gguf"
+    writer = GGUFWriter(path, "llama")
+    writer.add_name("tiny é ✓")
+    writer.add_context_length(512)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["<|im_start|>", "<|im_end|>", "héllo", "", "✓"] * 50)
+    writer.add_token_scores([0.5, -1.25, 3.0, 0.0, 2.5] * 50)
+    writer.add_token_types([1, 3, 1, 1, 6] * 50)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    writer.add_key_value("test.i64", -(2**40), writer_types().INT64)
+    writer.add_key_value("test.f64", 1.5, writer_types().FLOAT64)
+    writer.add_key_value("test.nested", [[1, 2], [3]], writer_types().ARRAY)
+    writer.add_tensor("w", np.ones((2, 3), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    reader = GGUFReader(path)
+    want = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    got = gguf_files.read_fields(path)
+    assert got.keys() == want.keys()
+    assert got.pop("test.nested") == [[1, 2], [3]]  # as written: GGUFReader.contents() flattens nested arrays
+    del want["test.nested"]
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value, key
+    meta = gguf_files.metadata(path)
+    assert (meta["bos"], meta["eos"], meta["eot"], meta["add_bos"]) == ("<|im_start|>", "<|im_end|>", None, False)
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cut short"):
+        gguf_files.read_fields(tmp_path / "cut.gguf")
+
+
+def writer_types():
+    from gguf import GGUFValueType
+
+    return GGUFValueType

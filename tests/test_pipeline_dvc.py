@@ -58,7 +58,9 @@ def repo(tmp_path_factory):
     (root / "data" / "seed" / "office.md").write_text(seed_transcript())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["build"]["val_fraction"] = 0.25
-    params["train"].update(base_model="tiny", epochs=3, batch_size=8, lr=0.003, eval_every=5,
+    # Two epochs (13 steps) still take val perplexity from ~502 to ~466; samples while training are
+    # off (test_train_samples covers them): each of the four trainings here costs ~5 s of CPU less.
+    params["train"].update(base_model="tiny", epochs=2, batch_size=8, lr=0.003, eval_every=5, sample_every=-1,
                            lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": []})
     params["eval"].update(max_new_tokens=8, prompts=["Give me a cynical take on printers."])
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -17,8 +17,8 @@ from test_diff_repo import (  # noqa: E402
     HOSTILE_TEXT,
     V1,
     dvc,
+    empty_repo,
     git,
-    init_repo,
     make_hostile_versions,
     make_two_versions,
 )
@@ -91,8 +91,14 @@ def test_pair_completion_first_and_added_or_removed_records():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_two_versions(tmp_path_factory.mktemp("recdiff") / "r")
+def repo(tmp_path_factory, built_once) -> Path:
+    return built_once(make_two_versions, tmp_path_factory.mktemp("recdiff") / "r")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, built_once) -> Path:
+    """test_diff_repo's hostile versions; the tests using it only read it."""
+    return built_once(make_hostile_versions, tmp_path_factory.mktemp("hostile") / "h")
 
 
 def test_show_prints_the_review_edit_word_by_word(repo, capsys, monkeypatch):
@@ -121,8 +127,8 @@ def test_show_of_an_unknown_id_names_it(repo):
         record_change(repo, "HEAD~1", "HEAD", "nope")
 
 
-def test_show_escapes_hostile_text(tmp_path, capsys, monkeypatch):
-    repo = make_hostile_versions(tmp_path / "h")
+def test_show_escapes_hostile_text(hostile, capsys, monkeypatch):
+    repo = hostile
     monkeypatch.chdir(repo)
     assert cli.main(["diff", "HEAD~1", "HEAD", "--show", "to-edit"]) == 0
     out = capsys.readouterr().out
@@ -174,13 +180,13 @@ async def test_enter_on_a_changed_record_opens_old_to_new_and_escape_comes_back(
         assert isinstance(app.screen, DatasetDiffScreen) and app.is_running
 
 
-async def test_record_view_draws_hostile_text_as_text(tmp_path):
+async def test_record_view_draws_hostile_text_as_text(hostile):
     from test_app import raw_controls, wait_for
     from textual.app import App
 
     from tui.screens.record_diff import RecordDiffScreen
 
-    repo = make_hostile_versions(tmp_path / "h")
+    repo = hostile
 
     class Host(App):
         def on_mount(self):
@@ -221,10 +227,10 @@ stages:
 
 
 @pytest.fixture(scope="module")
-def stale_repo(tmp_path_factory) -> Path:
+def stale_repo(tmp_path_factory, built_once) -> Path:
     """v1 built by dvc repro; v2 rebuilt by running the stage command directly (dvc.lock
     untouched); v3 built by dvc repro again."""
-    repo = init_repo(tmp_path_factory.mktemp("stale") / "r", pipeline=False)
+    repo = built_once(empty_repo, tmp_path_factory.mktemp("stale") / "r")
     (repo / "build.py").write_text(BUILD_PY)
     (repo / "dvc.yaml").write_text(BUILD_YAML)
     (repo / "seed.txt").write_text("alpha beta")

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 
 import krippendorff
 import numpy as np
@@ -325,18 +324,19 @@ def test_build_report_names_rules_and_review_json(tmp_path, monkeypatch):
         build.run(load_params("params.yaml", ["train.base_model=tiny", "review.adjudicators=[nobody]"]))
 
 
-def test_diff_shows_decisions_per_reviewer(tmp_path):
+def test_diff_shows_decisions_per_reviewer(tmp_path, built_once):
+    from test_diff_repo import empty_repo
+
     from pipeline.commands.diff import DiffResult, SideStats, diff_reviewers, format_summary
 
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}
 
     def run(*args):
-        subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True)
+        subprocess.run(args, cwd=repo, env=env, check=True, capture_output=True)
 
-    run("git", "init", "-q", "-b", "main")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    folder = tmp_path / "data/reviews"
+    repo = built_once(empty_repo, tmp_path / "r")  # git init (branch main) and dvc init, copied
+    folder = repo / "data/reviews"
     append_decisions(folder / "alice.jsonl", ["r1", "r2"], "accept")
     (folder / "prescore.jsonl").write_text("{}\n")  # not a reviewer
     run("git", "add", "-A")
@@ -345,11 +345,11 @@ def test_diff_shows_decisions_per_reviewer(tmp_path):
     append_decisions(folder / "bob.jsonl", ["r1", "r3", "r4"], "accept")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "v2")
-    by = diff_reviewers(tmp_path, "HEAD~1", "HEAD", "data/reviews", 3)
+    by = diff_reviewers(repo, "HEAD~1", "HEAD", "data/reviews", 3)
     assert list(by) == ["alice", "bob"]
     assert (by["alice"].decided_a, by["alice"].decided_b, by["alice"].transitions) == (2, 2, {"accepted → rejected": 1})
     assert (by["bob"].decided_a, by["bob"].decided_b, by["bob"].changed) == (0, 3, 3)
-    assert diff_reviewers(tmp_path, "HEAD", "workspace", "data/reviews", 3)["bob"].changed == 0
+    assert diff_reviewers(repo, "HEAD", "workspace", "data/reviews", 3)["bob"].changed == 0
     result = DiffResult("x", SideStats("HEAD~1", "x"), SideStats("HEAD", "x"), reviewers=by)
     text = format_summary(result)
     assert "decisions per reviewer" in text and "accepted → rejected 1" in text

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(120)
 
 KEY = "sk-test-saturation"
 K = 150          # distinct answers before the generator repeats itself
-CELLS = 600      # grid cells in the plan, one sample each
+CELLS = 320      # grid cells in the plan, one sample each: past STOP_AT + all in flight (2 × concurrency 8)
 WINDOW = 100
 # With WINDOW 100 and 0.2: after sample i (0-based) the window holds the distinct samples
 # i-99..149 and the first near-copy (150); fewer than 20 new first at i = 231.
@@ -166,19 +166,19 @@ stages:
 """
 
 
-def pipeline_repo(tmp_path: Path) -> Path:
-    from test_diff_repo import init_repo
+def pipeline_repo(tmp_path: Path, built_once) -> Path:
+    from test_diff_repo import empty_repo
 
-    repo = init_repo(tmp_path / "r", pipeline=False)
+    repo = built_once(empty_repo, tmp_path / "r")
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / "params.yaml").write_text("dedupe:\n  threshold: 90\n")
     return repo
 
 
-async def test_pipeline_screen_shows_the_novelty_share_at_80x24(tmp_path):
+async def test_pipeline_screen_shows_the_novelty_share_at_80x24(tmp_path, built_once):
     from test_app import app_for, on_screen, plain, wait_for
 
-    repo = pipeline_repo(tmp_path)
+    repo = pipeline_repo(tmp_path, built_once)
     rows = [(n, 0.9 if n <= 300 else 0.12) for n in range(100, 701, 100)]
     (repo / "reports").mkdir()
     (repo / "reports/novelty.csv").write_text("samples,kept_share\n" + "".join(f"{n},{s}\n" for n, s in rows))
@@ -197,10 +197,10 @@ async def test_pipeline_screen_shows_the_novelty_share_at_80x24(tmp_path):
         await wait_for(pilot, lambda: "50 % new in the last 50 (150 samples)" in detail(), 5, "dedupe's figure")
 
 
-async def test_pipeline_screen_says_run_dedupe_when_there_is_no_novelty_yet(tmp_path):
+async def test_pipeline_screen_says_run_dedupe_when_there_is_no_novelty_yet(tmp_path, built_once):
     from test_app import app_for, plain, wait_for
 
-    app = app_for(pipeline_repo(tmp_path))
+    app = app_for(pipeline_repo(tmp_path, built_once))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await wait_for(pilot, lambda: len(screen.stages) == 2, 30, "stage states")

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_app import wait_for
-from test_diff_repo import dvc, init_repo, make_two_versions
+from test_app import versions_with_two_experiments, wait_for
+from test_diff_repo import dvc, empty_repo, make_two_versions
 from test_eval_screen import EVAL
 from test_review_support import pair_and_chat, write_records
 
@@ -45,15 +45,15 @@ SHOWN_ROOT = "~/persona"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
+def template(tmp_path_factory, built_once) -> Path:
     """An empty git + DVC repository, copied by each test that needs only files in one."""
-    return init_repo(tmp_path_factory.mktemp("template") / "r", pipeline=False)
+    return built_once(empty_repo, tmp_path_factory.mktemp("template") / "r")
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory) -> Path:
+def versions(tmp_path_factory, built_once) -> Path:
     """tests/test_diff_repo.py's two committed dataset versions and two-stage pipeline, copied by each test."""
-    return make_two_versions(tmp_path_factory.mktemp("versions") / "r")
+    return built_once(make_two_versions, tmp_path_factory.mktemp("versions") / "r")
 
 
 def fresh(template: Path, dest: Path) -> Path:
@@ -347,13 +347,10 @@ def _pinned_exp_show(real):
     return show
 
 
-def test_experiments_with_two_marked(versions, tmp_path, monkeypatch, snap_compare):
-    from pipeline.engines.dvc import experiments, runs
+def test_experiments_with_two_marked(built_once, tmp_path, monkeypatch, snap_compare):
+    from pipeline.engines.dvc import experiments
 
-    repo = fresh(versions, tmp_path / "r")
-    for lr in ("0.01", "0.05"):
-        lines: list[str] = []
-        assert runs.stream(runs.exp_run_args([f"train.lr={lr}"], name=f"lr-{lr}"), repo, lines.append) == 0, lines
+    repo = built_once(versions_with_two_experiments, tmp_path / "r")
     monkeypatch.setattr(experiments, "exp_show", _pinned_exp_show(experiments.exp_show))
 
     async def marked(pilot):
@@ -541,7 +538,7 @@ def test_chat_greedy_exchange(chat_project, monkeypatch, snap_compare):
         screen = pilot.app.screen
         await pilot.press("i", *"Topic 3?", "enter")
         await wait_for(pilot, lambda: not screen.generating and all(
-            p.exchanges and p.exchanges[-1].note != "writing…" for p in screen.query("ChatPane")),
+            p.exchanges and p.exchanges[-1].note != "writing…" for p in screen.query("ChatPane") if p.display),
             what="both answers")
         screen.set_focus(None)
 

@@ -9,12 +9,14 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 import torch
 import yaml
 
 from pipeline.core import paths
+from pipeline.core import run_status as rs
 from pipeline.core.errors import UserError
 from pipeline.core.params import load_params
 from pipeline.engines import checkpoints, run_identity
@@ -25,8 +27,9 @@ from pipeline.stages import base, train
 from conftest import BIN, env_with_bin
 from test_training import TEXTS, final_data, lora_weights, run_dirs, sigterm_during_step
 
+# Answers while training stay on (the default), 3 tokens long: what these tests check does not depend on them.
 TINY = {"base_model": "tiny", "lora": {"target_modules": [], "dropout": 0.1}, "batch_size": 1,
-        "max_seq_len": 40, "lr": 0.01, "eval_every": 3}
+        "max_seq_len": 40, "lr": 0.01, "eval_every": 3, "sample_max_new_tokens": 3}
 
 
 def write_params(root, **train) -> None:
@@ -166,20 +169,39 @@ def test_masked_tokens_are_exactly_the_non_answer_ones():
 # ---------------------------------------------------------------- checkpoints and resume
 
 
-def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter(project, capsys):
-    write_params(project, max_steps=9, save_every=2, keep_checkpoints=2)
+def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter_and_answers_each_step_once(project, capsys):
+    """One `tenny train` killed without warning serves both kill -9 checks (it replaces
+    test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter here and
+    test_train_samples.py's test_samples_survive_kill_9_and_resume_without_duplicate_steps):
+    the resumed adapter equals an uninterrupted run's, and the answers written while it
+    trained (past its checkpoint, then a line the kill cut short) come out once per step."""
+    write_params(project, max_steps=9, save_every=2, keep_checkpoints=2, sample_every=1, sample_max_new_tokens=3,
+                 sample_prompts=["Topic 1?"])
+    samples_file = project / "dvclive" / rs.SAMPLES
     proc = subprocess.Popen([str(BIN / "tenny"), "train"], cwd=project, env=env_with_bin(), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # wait for the first sealed checkpoint, then kill without warning
-        if "checkpoint at step 4" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(60)
+    try:
+        for line in proc.stdout:  # wait for the checkpoint at step 4 ...
+            if "checkpoint at step 4" in line:
+                break
+        # ... and for the killed run to answer past it (step 5), then kill without warning
+        deadline = time.monotonic() + 120
+        while '"step":5,' not in samples_file.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (project / "models/adapter").exists()
     (run_dir,) = run_dirs(project)
     sealed = [c.step for c in checkpoints.complete(run_dir)]
     assert 4 in sealed and len(sealed) <= 2
+    before = [json.loads(line)["step"] for line in samples_file.read_text().splitlines()]
+    assert max(before) > 4, "the killed run answered past its checkpoint"
+    with open(samples_file, "a") as fh:
+        fh.write(f'{{"step": {max(before) + 1}, "prompt": "Top')  # a line the kill cut short
     (project / "dvclive/metrics.json").write_text('{"step": ')  # as if the kill landed mid-write of dvclive's summary
 
     capsys.readouterr()
@@ -190,6 +212,8 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter(project, c
     assert status["status"] == "finished" and status["resumed_from_step"] == at and status["step"] == 9
     steps = [int(r.split("\t")[0]) for r in (project / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 10)), "the plot has each step once, killed run and resumed run together"
+    answered = [json.loads(line)["step"] for line in samples_file.read_text().splitlines()]
+    assert answered == list(range(1, 10)), "each step answered once, killed run and resumed run together"
     after_resume = lora_weights(project / "models/adapter")
     assert json.loads((project / "models/adapter/training.json").read_text())["resumed_from_step"] == at
     assert run_dirs(project) == [], "the finished run's checkpoints are gone"

@@ -1,12 +1,10 @@
 """Watching a run: tokens/s from training tokens only, answers while it trains (through a kill -9 and
-resume), early stopping that keeps the best step, and the clear errors at start. Tiny models on the CPU."""
+resume: in test_train_engine.py, with the adapter it resumes to), early stopping that keeps the best step,
+and the clear errors at start. Tiny models on the CPU."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 
 import pytest
 import yaml
@@ -16,7 +14,6 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import load_params
 from pipeline.core.records import make_record, write_records
 from pipeline.stages import base, train
-from conftest import BIN, env_with_bin
 from test_training import lora_weights
 
 pytestmark = pytest.mark.timeout(300)
@@ -119,29 +116,9 @@ def test_the_last_answers_are_the_adapters_greedy_answers(finished):
         assert row["tokens"] == n
 
 
-def test_samples_survive_kill_9_and_resume_without_duplicate_steps(in_tmp):
-    project(in_tmp, max_steps=8, save_every=4, sample_every=1, sample_max_new_tokens=3,
-            sample_prompts=["Topic 1?"], resume="auto")
-    proc = subprocess.Popen([str(BIN / "tenny"), "train"], cwd=in_tmp, env=env_with_bin(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if "checkpoint at step 4" in line:
-            break
-    # Let the killed run answer past its checkpoint, then kill it without warning.
-    path = in_tmp / "dvclive" / rs.SAMPLES
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(f'"step":{s},' in path.read_text() for s in (5, 6, 7)):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL
-    before = [r["step"] for r in samples(in_tmp)]
-    assert max(before) > 4, "the killed run answered past its checkpoint"
-    with open(path, "a") as fh:
-        fh.write('{"step": 9, "prompt": "Top')  # a line the kill cut short
-    train.run(load_params(in_tmp / "params.yaml"))
-    steps = [r["step"] for r in samples(in_tmp)]
-    assert steps == list(range(1, 9)), "each step answered once, killed run and resumed run together"
+# Answers through a kill -9 and resume (each step once, the cut last line dropped): one killed `tenny train`
+# checks them with the adapter it resumes to, in test_train_engine.py's
+# test_kill_9_after_a_checkpoint_then_resume_gives_the_same_adapter_and_answers_each_step_once.
 
 
 def test_early_stopping_restores_the_best_step(in_tmp):
@@ -173,7 +150,6 @@ def test_early_stopping_restores_the_best_step(in_tmp):
 def test_early_stopping_keeps_the_best_checkpoint_from_pruning(in_tmp):
     from pipeline.engines import checkpoints
 
-    project(in_tmp)
     run_dir = in_tmp / "run"
     for step in (1, 2, 3, 4):
         (run_dir / f"checkpoint-{step}").mkdir(parents=True)

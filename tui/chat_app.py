@@ -20,9 +20,10 @@ class ChatApp(App):
     TITLE = "tenny chat"
     BINDINGS = [Binding("q", "quit", "Quit")]  # while the field has focus q types; Esc leaves it first
 
-    def __init__(self, root: str | Path, params, *, sampling: Sampling | None = None, only: str | None = None) -> None:
+    def __init__(self, root: str | Path, params, *, sampling: Sampling | None = None, only: str | None = None,
+                 gguf: str | Path | None = None) -> None:
         super().__init__()
-        self.chat = ChatScreen(root, params, sampling=sampling, only=only)
+        self.chat = ChatScreen(root, params, sampling=sampling, only=only, gguf=gguf)
 
     def get_default_screen(self) -> ChatScreen:
         return self.chat

@@ -18,3 +18,21 @@ class GlobalKeysFirst:
         found = super().active_bindings
         lead = {key: found[key] for key in LEADING_KEYS if key in found}
         return {**lead, **{key: value for key, value in found.items() if key not in lead}}
+
+
+class ModalAware:
+    """Mixin for screens that re-read slow state (`dvc status`, `dvc exp show`) on every visit:
+    closing the keys help or the command palette over the screen is no visit, nothing it shows
+    changed under the overlay, so ``back_from_modal()`` lets it skip the second of CPU."""
+
+    _under_modal = False
+
+    def on_screen_suspend(self) -> None:
+        from textual.screen import ModalScreen
+
+        self._under_modal = isinstance(self.app.screen, ModalScreen)
+
+    def back_from_modal(self) -> bool:
+        """Whether the screen resumes from a modal that covered it (answered once per resume)."""
+        was, self._under_modal = self._under_modal, False
+        return was

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", choices=("base", "adapter"), help="chat with one model only")
     parser.add_argument("--prompt", metavar="TEXT", help="ask once, print both answers as they stream, and exit (no app)")
     parser.add_argument("--gguf", metavar="FILE", help="talk to an exported GGUF file (models/gguf/…) through llama.cpp's "
-                                                       "llama-server on loopback, as Ollama or LM Studio would run it")
+                                                       "llama-server on loopback, as Ollama or LM Studio would run it "
+                                                       "(the chat screen in a terminal; one question per line from a pipe)")
 
 
 def sampling_from(args: Any):
@@ -99,30 +100,23 @@ def gguf_chat(params: Any, path: str, prompt: str | None, sampling: Any, out=Non
     """A GGUF through llama-server: ``prompt`` answered once, or a chat read line by line from stdin.
 
     No system turn is sent: the file's own chat template supplies the one training used, as it
-    does for anyone serving the file.
+    does for anyone serving the file (pipeline/engines/gguf_chat.py).
     """
-    from pipeline.engines import llama_cpp
-    from pipeline.engines.llama_server import serve
+    from pipeline.engines.gguf_chat import GgufChatSession
 
     out = out or sys.stdout
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--gguf {path}: no such file; `tenny export --set export.gguf=[q4_k_m]` writes one into "
-                        f"{paths.GGUF_DIR}/")
-    llama = llama_cpp.ensure(params.export.llama_cpp)
-    messages: list[dict] = []
-    with serve(llama, file) as server:
+    session = GgufChatSession(params, Path(path))
+    session.load()
+    stop = threading.Event()
+    try:
         asks = [prompt] if prompt is not None else _read_lines(lines, out)
         for ask in asks:
-            messages.append({"role": "user", "content": ask})
-            print(f"── {file.name} (llama.cpp) ──", file=out, flush=True)
-            write = _Printer(out)
-            pieces = []
-            for piece in server.stream_chat(messages, sampling.max_new_tokens, sampling.temperature):
-                pieces.append(piece)
-                write(piece)
-            print("", file=out, flush=True)
-            messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+            print(f"── {session.title} ──", file=out, flush=True)
+            reply = session.reply("gguf", ask, sampling, stop, _Printer(out))
+            note = reply.note()
+            print(f"\n[{note}]" if note else "", file=out, flush=True)
+    finally:
+        session.close()
     return 0
 
 

@@ -334,7 +334,7 @@ class ExportParams(Strict):
         return list(dict.fromkeys(wanted))
 
 
-# llama.cpp's converter writes f32/f16/bf16/q8_0; llama-quantize makes the rest from f16 (no imatrix needed).
+# llama.cpp's converter writes f32/f16/bf16; llama-quantize makes the quantized types from f16 (no imatrix needed).
 GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s", "q4_0",
               "q4_1", "iq4_nl", "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 

@@ -35,7 +35,6 @@ from pipeline.engines.modeling import (
     load_base_model,
     load_tokenizer,
     pick_device,
-    quiet_libraries,
 )
 from pipeline.engines.turn_end import TurnEnds
 
@@ -129,10 +128,10 @@ class ChatSession:
 
     def load(self) -> None:
         """The tokenizer and the model (with the adapter when a side needs it); seconds on a CPU."""
-        quiet_libraries()
         tp = self.params.train
         try:
-            # the adapter folder's tokenizer wins when there is one (tiny trains its own), even for the base alone
+            # the adapter folder's tokenizer wins when there is one (tiny trains its own), even for the base alone;
+            # it says an unprepared project before transformers is imported (and quiets the libraries after)
             tok = load_tokenizer(self.base_dir, self.adapter_dir)
         except UserError as err:
             raise UserError(f"{err} — run `{MAKE_MODELS}`") from None

@@ -1,8 +1,10 @@
 """GGUF files made by llama.cpp's own tools from the merged folder (and the adapter).
 
-``convert_hf_to_gguf.py`` writes the f16 (or f32 / bf16 / q8_0) file straight
+``convert_hf_to_gguf.py`` writes the f16 (or f32 / bf16) file straight
 from models/merged/, carrying the tokenizer, BOS/EOS and the chat template the
-folder holds; ``llama-quantize`` makes every other type from the f16 file;
+folder holds; ``llama-quantize`` makes every quantized type (q8_0 included)
+from the f16 file, in a fraction of a second where the converter, a Python
+process that imports torch, takes seconds;
 ``convert_lora_to_gguf.py`` writes the adapter alone. Where the trained turn
 end is not the file's EOS (a ChatML fine-tune of a base whose EOS is
 ``<|endoftext|>``), gguf-py's ``gguf_new_metadata.py`` records it as the
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from pipeline.engines.llama_cpp import LlamaCpp
 
-CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
+CONVERTER_TYPES = ("f32", "f16", "bf16")  # float types convert_hf_to_gguf.py writes from the merged folder
 
 
 class ConversionError(Exception):
@@ -93,21 +95,68 @@ def convert_adapter(llama: LlamaCpp, adapter: Path, base: Path, out: Path) -> Ma
     return Made("lora-f16", out, time.monotonic() - started)
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9  # gguf.GGUFValueType's numbers, the file format's own
+
+
+def read_fields(path: Path) -> dict:
+    """The file's key/value metadata, read straight from its header.
+
+    gguf-py's GGUFReader builds a numpy view per array element: on a 49k-token
+    vocabulary that is 6 s per file, the largest cost of a small model's
+    export. Reading the header once with ``struct`` takes a few milliseconds
+    and gives the same values (tests/test_gguf.py compares the two).
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        def take(fmt: str):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"{path}: GGUF header cut short")
+            return struct.unpack(fmt, data)[0]
+
+        def string() -> str:
+            size = take("<Q")
+            return f.read(size).decode("utf-8", errors="replace")
+
+        def value(kind: int):
+            if kind == _STRING:
+                return string()
+            if kind == _ARRAY:
+                item, count = take("<I"), take("<Q")
+                if item in _SCALARS:
+                    fmt = _SCALARS[item]
+                    width = struct.calcsize(fmt)
+                    data = f.read(width * count)
+                    return list(struct.unpack(f"<{count}{fmt[1]}", data))
+                return [value(item) for _ in range(count)]
+            if kind not in _SCALARS:
+                raise ValueError(f"{path}: unknown GGUF value type {kind}")
+            return take(_SCALARS[kind])
+
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        version = take("<I")
+        if version not in (2, 3):
+            raise ValueError(f"{path}: GGUF version {version} (this reader knows 2 and 3)")
+        take("<Q")  # tensor count
+        fields = {}
+        for _ in range(take("<Q")):
+            key = string()
+            fields[key] = value(take("<I"))
+        return fields
+
+
 def metadata(path: Path) -> dict:
     """What a runtime reads from the file: architecture, chat template, BOS/EOS/EOT ids and pieces."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-
-    def value(key: str):
-        field = reader.get_field(key)
-        return None if field is None else field.contents()
-
-    tokens = value("tokenizer.ggml.tokens") or []
-    info = {"architecture": value("general.architecture"), "chat_template": value("tokenizer.chat_template"),
-            "pre_tokenizer": value("tokenizer.ggml.pre"), "add_bos": value("tokenizer.ggml.add_bos_token")}
+    fields = read_fields(path)
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+    info = {"architecture": fields.get("general.architecture"), "chat_template": fields.get("tokenizer.chat_template"),
+            "pre_tokenizer": fields.get("tokenizer.ggml.pre"), "add_bos": fields.get("tokenizer.ggml.add_bos_token")}
     for kind in ("bos", "eos", "eot", "padding"):
-        token_id = value(f"tokenizer.ggml.{kind}_token_id")
+        token_id = fields.get(f"tokenizer.ggml.{kind}_token_id")
         info[f"{kind}_id"] = token_id
         info[kind] = tokens[token_id] if token_id is not None and token_id < len(tokens) else None
     return info

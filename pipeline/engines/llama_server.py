@@ -71,11 +71,20 @@ class LlamaServer:
         """The GGUF's own chat template rendered by llama.cpp (with a generation prompt)."""
         return self._post("/apply-template", {"messages": messages})["prompt"]
 
-    def stream_chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
-        """A chat reply as it is generated (the OpenAI-style endpoint, the GGUF's template and stops)."""
+    def stream_chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, *,
+                    top_p: float = 1.0, end: dict | None = None) -> Iterator[str]:
+        """A chat reply as it is generated (the OpenAI-style endpoint, the GGUF's template and stops).
+
+        ``end``, when given, receives ``finish_reason`` ("stop" at a stop token, "length" at
+        ``max_tokens``) and ``tokens`` (the answer's length in tokens) once the reply is complete.
+        Closing the iterator early closes the connection, and llama-server stops generating.
+        """
         import requests
 
-        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "stream": True}
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                "stream": True, "stream_options": {"include_usage": True}}
+        if temperature == 0:
+            body["top_k"] = 1  # greedy, as the export check and eval answer
         with requests.post(self.url + "/v1/chat/completions", json=body, stream=True, timeout=600) as resp:
             if resp.status_code != 200:
                 raise UserError(f"llama-server ({self.model.name}): HTTP {resp.status_code}: {resp.text[:300]}")
@@ -86,7 +95,11 @@ class LlamaServer:
                 if data.strip() == "[DONE]":
                     return
                 chunk = json.loads(data)
+                if end is not None and chunk.get("usage"):
+                    end["tokens"] = chunk["usage"].get("completion_tokens")
                 for choice in chunk.get("choices", []):
+                    if end is not None and choice.get("finish_reason"):
+                        end["finish_reason"] = choice["finish_reason"]
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         yield piece

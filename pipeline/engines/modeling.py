@@ -133,19 +133,18 @@ def quiet_libraries() -> None:
 
 def load_tokenizer(base_dir: Path, adapter_dir: Path | None = None):
     """The tokenizer for a prepared base; the adapter's copy wins (tiny trains its own)."""
-    from transformers import AutoTokenizer
-
-    quiet_libraries()
-    for folder in (adapter_dir, base_dir):
-        if folder is not None and (folder / "tokenizer_config.json").exists():
-            tok = AutoTokenizer.from_pretrained(folder)
-            break
-    else:
+    folder = next((f for f in (adapter_dir, base_dir) if f is not None and (f / "tokenizer_config.json").exists()),
+                  None)
+    if folder is None:
+        # an unprepared project is said at once, before seconds of importing transformers and torch
         info = read_base_info(base_dir)
         if info["kind"] == "tiny":
             raise UserError(f"{base_dir}: the tiny base has no tokenizer until `tenny train` trains one")
-        tok = AutoTokenizer.from_pretrained(info["source"])
-    return ensure_special_tokens(tok)
+        folder = info["source"]
+    from transformers import AutoTokenizer
+
+    quiet_libraries()
+    return ensure_special_tokens(AutoTokenizer.from_pretrained(folder))
 
 
 def ensure_special_tokens(tok):

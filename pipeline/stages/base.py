@@ -8,7 +8,10 @@ the config and saves a plain folder that reloads in under a second.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,41 @@ from pipeline.core.params import Params
 from pipeline.engines.modeling import BASE_INFO, BaseSource, quiet_libraries, replace_dir
 
 
+@contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """gguf-py's reader and name map, each made once while transformers converts.
+
+    transformers opens the file three times (tokenizer, config, weights), and
+    gguf-py's reader parses every metadata field element by element: 3-4 s per
+    opening for a 49k-token vocabulary. It also builds gguf-py's tensor-name
+    map again for each of the ~400 tensors. Both are read-only and depend only
+    on their arguments, so one of each serves the whole conversion (8 of its
+    25 s on 2 cores). Only for this block: gguf-py is as it was afterwards.
+    """
+    import gguf
+
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, mode="r"):
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
+
+
 def convert_gguf(gguf: Path, out: Path) -> None:
+    with _gguf_read_once():
+        _convert_gguf(gguf, out)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,8 +65,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # Built on the meta device: random weights for 135M parameters take seconds, and every one is replaced.
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False, assign=True)
+    plain.tie_weights()  # a tied lm_head (listed missing) points at the loaded embeddings again
     # Tied output embeddings show up as "missing"; anything else is a real mismatch.
     real_missing = [k for k in missing if "lm_head" not in k]
     if real_missing or unexpected:

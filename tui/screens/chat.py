@@ -4,12 +4,16 @@ The models load in a worker (the status line says which folder is loading,
 then "ready", or the error); answers stream into their pane as the tokens are
 generated (the generation runs in a worker thread and hands text to the UI
 through ``call_from_thread``). The base answers first, then the adapter: the
-two share one model in memory (pipeline/engines/chat_session.py).
+two share one model in memory (pipeline/engines/chat_session.py). With a GGUF
+file (``tenny chat --gguf FILE``, or g here), one pane answers from that file
+through llama.cpp's llama-server (pipeline/engines/gguf_chat.py): what a person
+will hear after handing the file to Ollama or LM Studio.
 
 Keys: i or Enter types (no screen opens with a text field focused); Enter
 sends; Esc stops the answer being written, and otherwise leaves the field;
 t/T and p/P raise and lower temperature and top-p for the next answer; c
-clears both conversations. Side by side from 100 columns, stacked below that,
+clears both conversations; g switches to the next GGUF file of models/gguf/
+(and from the last one back to the Python models). Side by side from 100 columns, stacked below that,
 so 80×24 over SSH works. Everything a model or a person wrote is shown as
 text (``as_text``), never as markup.
 """
@@ -41,6 +45,8 @@ from pipeline.engines.chat_session import (
     Reply,
     Sampling,
 )
+from pipeline.engines.gguf_chat import SIDE as GGUF_SIDE
+from pipeline.engines.gguf_chat import GgufChatSession, gguf_files
 from tui.global_keys import GlobalKeysFirst
 
 STACK_BELOW = 100  # columns: two readable panes need about 50 each
@@ -82,7 +88,7 @@ class ChatPane(VerticalScroll):
         yield Static(id=f"chat-{self.side}", classes="chat-log")
 
     def on_mount(self) -> None:
-        self.border_title = SIDE_TITLES[self.side]
+        self.border_title = SIDE_TITLES.get(self.side, "")
 
     def _show(self) -> None:
         follow = self.scroll_y >= self.max_scroll_y - 1
@@ -128,16 +134,18 @@ class ChatScreen(GlobalKeysFirst, Screen):
         Binding("p", "top_p(0.05)", "Top-p±", key_display="p/P"),
         Binding("P", "top_p(-0.05)", "Top-p down", show=False),
         Binding("c", "clear", "Clear"),
+        Binding("g", "next_gguf", "GGUF"),
     ]
 
     def __init__(self, root: str | Path | None = None, params=None, *, sampling: Sampling | None = None,
-                 only: str | None = None, **kwargs) -> None:
+                 only: str | None = None, gguf: str | Path | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.root = Path(root or Path.cwd())
         self.params = params
         self.sampling = sampling or Sampling()
         self.only = only
-        self.session: ChatSession | None = None
+        self.gguf = Path(gguf) if gguf else None  # a file of models/gguf/ instead of the Python models
+        self.session: ChatSession | GgufChatSession | None = None
         self.state = "loading"  # loading | ready | error
         self.error: str | None = None
         self.generating = False
@@ -148,7 +156,7 @@ class ChatScreen(GlobalKeysFirst, Screen):
         yield Header()
         yield Static(id="chat-status")
         with Container(id="chat-panes"):
-            for side in SIDES:
+            for side in (*SIDES, GGUF_SIDE):
                 yield ChatPane(side)
         yield Input(id="chat-input", placeholder="i or Enter to type · Enter sends · Esc stops an answer / leaves")
         yield Footer()
@@ -156,9 +164,19 @@ class ChatScreen(GlobalKeysFirst, Screen):
     def on_mount(self) -> None:
         self.sub_title = clean(str(self.root))
         self._layout(self.app.size.width)
+        self._start_loading()
+
+    def _start_loading(self) -> None:
         for side in SIDES:
-            self.query_one(f"#chat-{side}-pane").display = self.only in (None, side)
-        self._status(f"loading {paths.BASE_DIR}" + ("" if self.only == "base" else f" + {paths.ADAPTER_DIR}") + " …")
+            self.query_one(f"#chat-{side}-pane").display = self.gguf is None and self.only in (None, side)
+        pane = self.query_one(f"#chat-{GGUF_SIDE}-pane", ChatPane)
+        pane.display = self.gguf is not None
+        if self.gguf is not None:
+            pane.border_title = clean(f"{self.gguf.name} (llama.cpp)")
+            self._status(f"starting llama-server for {self.gguf} …")
+        else:
+            self._status(f"loading {paths.BASE_DIR}" + ("" if self.only == "base" else f" + {paths.ADAPTER_DIR}") + " …")
+        self.state, self.error = "loading", None
         self.load_models()
 
     def on_resize(self, event) -> None:
@@ -169,6 +187,12 @@ class ChatScreen(GlobalKeysFirst, Screen):
 
     def on_unmount(self) -> None:
         self._stop.set()  # a generation thread must not outlive the screen
+        self._close_session()
+
+    def _close_session(self) -> None:
+        session, self.session = self.session, None
+        if isinstance(session, GgufChatSession):
+            session.close()  # llama-server must not outlive the screen either
 
     # ---------------------------------------------------------------- status
 
@@ -194,7 +218,10 @@ class ChatScreen(GlobalKeysFirst, Screen):
                 from pipeline.core.params import load_params
 
                 params = load_params(self.root / paths.PARAMS)
-            session = ChatSession(params, root=self.root, only=self.only)
+            if self.gguf is not None:
+                session = GgufChatSession(params, self.gguf)
+            else:
+                session = ChatSession(params, root=self.root, only=self.only)
             session.load()
         except UserError as err:
             self.app.call_from_thread(self._load_failed, str(err))
@@ -207,9 +234,16 @@ class ChatScreen(GlobalKeysFirst, Screen):
         self.state, self.error = "error", message
         self._status(f"could not load the models: {message}", error=True)
 
-    def _loaded(self, session: ChatSession) -> None:
+    def _loaded(self, session: ChatSession | GgufChatSession) -> None:
+        if not self.is_attached:  # the screen closed while the server started
+            if isinstance(session, GgufChatSession):
+                session.close()
+            return
         self.session, self.state = session, "ready"
-        if "adapter" not in session.sides:
+        self._notice = ""
+        if isinstance(session, GgufChatSession):
+            self._notice = f"{session.path.name} in llama.cpp (g: next file) · "
+        elif "adapter" not in session.sides:
             self.query_one("#chat-adapter-pane").display = False
             if self.only is None:
                 self._notice = f"no adapter in {paths.ADAPTER_DIR} (`{MAKE_MODELS}` trains one): the base alone · "
@@ -248,6 +282,28 @@ class ChatScreen(GlobalKeysFirst, Screen):
             self.session.clear()
         for pane in self.query(ChatPane):
             pane.clear()
+
+    def action_next_gguf(self) -> None:
+        """The next GGUF file of models/gguf/; after the last one, the Python models again."""
+        if self.generating:
+            self.notify("an answer is being written: Esc stops it, then g switches", markup=False)
+            return
+        if self.state == "loading":
+            self.notify("still loading: wait for ready, then g switches", markup=False)
+            return
+        files = gguf_files(self.root)
+        if not files and self.gguf is None:
+            self.notify(f"no GGUF file in {paths.GGUF_DIR}/: `tenny export --set export.gguf=[q4_k_m]` writes one",
+                        severity="warning", markup=False)
+            return
+        order: list[Path | None] = [*files, None]
+        here = next((i for i, f in enumerate(order) if f is not None and self.gguf is not None
+                     and f.resolve() == self.gguf.resolve()), -1)
+        self.gguf = order[(here + 1) % len(order)]
+        self._close_session()
+        for pane in self.query(ChatPane):
+            pane.clear()
+        self._start_loading()
 
     # ---------------------------------------------------------------- answers
 

@@ -30,7 +30,7 @@ from pipeline.core.text import as_line, as_text, clean, log_line
 from pipeline.engines.dvc import experiments as dvc_exps
 from pipeline.engines.dvc.cli import subprocess_env
 from pipeline.engines.dvc.revisions import WORKSPACE
-from tui.global_keys import GlobalKeysFirst
+from tui.global_keys import GlobalKeysFirst, ModalAware
 from tui.widgets.eval_judge import JUDGE_FILE
 
 KILL_AFTER_S = 5.0  # a cancelled judge gets this long to stop on Ctrl-C before it is killed
@@ -78,7 +78,7 @@ def _error_lines(lines: list[str]) -> str:
     return "\n".join(errors or lines[-3:]) or "no output"
 
 
-class ExperimentsScreen(GlobalKeysFirst, Screen):
+class ExperimentsScreen(GlobalKeysFirst, ModalAware, Screen):
     BINDINGS = [
         Binding("space", "mark", "Mark A/B"),
         Binding("d", "diff", "Diff marked"),
@@ -115,7 +115,8 @@ class ExperimentsScreen(GlobalKeysFirst, Screen):
 
     def on_screen_resume(self) -> None:
         # Every visit re-reads: a run on the pipeline screen or in a shell adds experiments.
-        self.action_refresh()
+        if not self.back_from_modal():
+            self.action_refresh()
 
     def _message(self, text: str, style: str = "") -> None:
         self.query_one("#exp-message", Static).update(as_text(text, multiline=True, style=style))

@@ -28,7 +28,7 @@ from pipeline.core.text import as_line, as_text, clean
 from pipeline.core.overrides import check_overrides, parse_overrides
 from pipeline.engines.dvc import project, remotes, runs, workspace
 from pipeline.engines.dvc.cli import dvc_command
-from tui.global_keys import GlobalKeysFirst
+from tui.global_keys import GlobalKeysFirst, ModalAware
 from tui.widgets.log_view import RunLog
 
 STATE_STYLE = {"up to date": "green", "changed": "yellow", "never run": "dim", "unknown": "red"}
@@ -93,7 +93,7 @@ def novelty_line(root: Path) -> Text:
     return out
 
 
-class PipelineScreen(GlobalKeysFirst, Screen):
+class PipelineScreen(GlobalKeysFirst, ModalAware, Screen):
     BINDINGS = [
         Binding("r", "repro_all", "Repro all"),
         Binding("t", "repro_stage", "Repro to stage"),
@@ -148,7 +148,7 @@ class PipelineScreen(GlobalKeysFirst, Screen):
 
     def on_screen_resume(self) -> None:
         # States can change behind our back (a shell, another screen): re-read on every visit.
-        if self.current is None:
+        if not self.back_from_modal() and self.current is None:
             self.action_refresh()
 
     def on_unmount(self) -> None:
@@ -281,7 +281,7 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         finally:
             if before is not None:
                 self._settle(run, code, before, log)
-            self.app.call_from_thread(self._finished, run, code)
+            self.app.call_from_thread(self._finished, run, code, remote)
 
     def _settle(self, run: runs.Run, code: int | None, before: workspace.WorkspaceState, log: RunLog) -> None:
         """Put git and DVC state back as the user left it, and say what was done."""
@@ -296,7 +296,7 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         if not notes:
             log.post("workspace: branch, index and outputs as before the run")
 
-    def _finished(self, run: runs.Run, code: int | None) -> None:
+    def _finished(self, run: runs.Run, code: int | None, remote: bool = False) -> None:
         self.current = None
         self._client_timer.stop()
         self.last_exit = code
@@ -310,7 +310,8 @@ class PipelineScreen(GlobalKeysFirst, Screen):
         self._status(text)
         self.query_one("#run-log", RunLog).post(text.plain)
         self.action_refresh()
-        self._show_remote()
+        if remote:  # push, pull and status -c set the remote from params.yaml first; no other run touches DVC's config
+            self._show_remote()
 
     def say(self, message: str, *, severity: SeverityLevel = "information") -> None:
         """A notification of text that may quote what a person typed or a file held: never markup."""
@@ -375,18 +376,19 @@ class PipelineScreen(GlobalKeysFirst, Screen):
     @work(thread=True, group="pipeline-remote", exit_on_error=False)
     def _show_remote(self) -> None:
         remote = getattr(self.params, "remote", None)
-        try:
-            known = remotes.remotes(self.root)
-        except UserError as err:
-            known, note = {}, str(err)
-        else:
-            note = ""
-        if remote is not None and remote.url:
+        if remote is not None and remote.url:  # params.yaml names it: no `dvc config --list` (a second of CPU) to ask
             text = f"remote {remote.name} → {remote.url} (from params.yaml)"
-        elif known:
-            text = "remote " + ", ".join(f"{n} → {u}" for n, u in known.items())
         else:
-            text = note or "no DVC remote: set remote.url in params.yaml (a folder works) to push and pull"
+            try:
+                known = remotes.remotes(self.root)
+            except UserError as err:
+                known, note = {}, str(err)
+            else:
+                note = ""
+            if known:
+                text = "remote " + ", ".join(f"{n} → {u}" for n, u in known.items())
+            else:
+                text = note or "no DVC remote: set remote.url in params.yaml (a folder works) to push and pull"
         self.app.call_from_thread(self.query_one("#remote-label", Static).update, as_line(text, style="dim"))
 
     # ------------------------------------------------------------ buttons
