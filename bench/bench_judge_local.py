@@ -52,7 +52,7 @@ ANSWERS = {
 }
 
 
-def run_judge(url: str, items, structured: bool) -> tuple[dict, float]:
+def run_judge(url: str, items, structured: bool) -> tuple[dict, list[dict], float]:
     from pipeline.core import paths
     from pipeline.core.params import JudgeParams
     from pipeline.engines.judging import formats, runner
@@ -63,8 +63,8 @@ def run_judge(url: str, items, structured: bool) -> tuple[dict, float]:
     if not structured:  # as a server that rejected response_format: the judge's remembered answer
         formats.Memory().put(formats.server_key(url, jp.model), False)
     started = time.monotonic()
-    report, _ = runner.judge_answers(judge, items)
-    return report, time.monotonic() - started
+    report, rows = runner.judge_answers(judge, items)
+    return report, rows, time.monotonic() - started
 
 
 def main() -> None:
@@ -89,18 +89,22 @@ def main() -> None:
         url = server.url + "/v1"
         rows = []
         for structured in (True, False):
-            report, wall = run_judge(url, items, structured)
+            report, judged, wall = run_judge(url, items, structured)
+            unreadable = [r for r in judged if r.get("status") == "invalid"]
             pairs, persona = report["n_pairs"], report.get("persona") or {}
             scored = sum(persona.get(side, {}).get("n", 0) + persona.get(side, {}).get("invalid", 0)
                          for side in ("baseline", "challenger"))
             bad_scores = sum(persona.get(side, {}).get("invalid", 0) for side in ("baseline", "challenger"))
             rows.append((("schema" if report.get("structured") else "free text"), wall, report["requests"]["failed"],
-                         report["invalid"], report.get("unanswered", 0), pairs, bad_scores, scored))
+                         report["invalid"], report.get("unanswered", 0), pairs, bad_scores, scored,
+                         unreadable[0].get("reason", "") if unreadable else ""))
     print(f"\n{'run':10} {'wall':>8} {'failed':>7} {'invalid verdicts':>17} {'invalid scores':>15}")
-    for name, wall, failed, invalid, unanswered, pairs, bad_scores, scored in rows:
+    for name, wall, failed, invalid, unanswered, pairs, bad_scores, scored, example in rows:
         print(f"{name:10} {wall:7.1f}s {failed:7d} {invalid:>5d}/{pairs:<3d} ({invalid / max(pairs, 1):4.0%}) "
               f"{bad_scores:>4d}/{scored:<3d} ({bad_scores / max(scored, 1):4.0%})"
               + (f"  unanswered {unanswered}" if unanswered else ""))
+        if example:
+            print(f"{'':10} e.g. {example[:160]!r}")
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ def test_budget_stop_counts_unanswered_and_never_overspends(project, serve):
     ('{"winner": "C", "reason": "x"}', None),
     ('{"winner": "A or B", "reason": "x"}', None),
     ('A is better.', None),
-    ('{"winner": "A", "reason": ', None),
+    ('{"winner": "A", "reason": "1.1.2.2.2.2.2', "A"),  # cut at max_tokens after a complete verdict
+    ('{"winner": "A", "reason": ', "A"),
+    ('{"winner": "A"', None), ('{"winner": "A', None), ('{"reason": "x", "winner": "B', None),
 ])
 def test_verdicts_are_read_leniently_but_never_guessed(reply, verdict):
     assert parse_verdict(reply)[0] == verdict
@@ -239,6 +241,7 @@ def test_verdicts_are_read_leniently_but_never_guessed(reply, verdict):
 @pytest.mark.parametrize("reply, score", [
     ('{"score": 7, "reason": "ok"}', 7), ('{"score": "9"}', 9), ('{"score": 8.0}', 8),
     ('{"score": 11}', None), ('{"score": 7.5}', None), ('{"score": true}', None), ("seven", None),
+    ('{"score": 1, "reason": "1.1.2.2.2.2', 1), ('{"score": 1', None), ('{"score": 11, "reason": "x', None),
 ])
 def test_scores_are_whole_numbers_from_one_to_ten(reply, score):
     assert parse_score(reply)[0] == score

@@ -15,18 +15,42 @@ _DECODER = json.JSONDecoder()
 _WINNER = re.compile(r"^(?:answer\s+)?(a|b|tie)$", re.IGNORECASE)
 
 
+CUT_REASON = "(the reply ended inside its reason: cut at max_tokens)"
+
+
 def json_object(text: str, key: str) -> dict | None:
-    """The first JSON object in ``text`` that has ``key``; None if there is none."""
+    """The first JSON object in ``text`` that has ``key``; None if there is none.
+
+    A reply cut off inside its JSON (a small model whose reason runs on until
+    ``max_tokens``) still counts when ``key`` opens the object and its value is
+    complete, followed by a comma: that value is what the judge wrote, exactly
+    as in a whole reply (the schema puts the verdict before the reason).
+    Anything less complete is unreadable.
+    """
     at = text.find("{")
     while at != -1:
         try:
             obj, _ = _DECODER.raw_decode(text, at)
         except ValueError:
-            obj = None
+            obj = _cut_object(text, at, key)
         if isinstance(obj, dict) and key in obj:
             return obj
         at = text.find("{", at + 1)
     return None
+
+
+def _cut_object(text: str, at: int, key: str) -> dict | None:
+    m = re.match(r'\{\s*"' + re.escape(key) + r'"\s*:\s*', text[at:])
+    if m is None:
+        return None
+    try:
+        value, end = _DECODER.raw_decode(text, at + m.end())
+    except ValueError:
+        return None
+    rest = text[end:].lstrip()
+    if not rest.startswith(",") or "}" in rest or isinstance(value, (dict, list)):
+        return None  # not cut right after a complete first value
+    return {key: value, "reason": CUT_REASON}
 
 
 def _reason(obj: dict) -> str:
