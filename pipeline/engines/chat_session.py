@@ -78,6 +78,14 @@ class SideState:
     turns: list[Turn] = field(default_factory=list)
 
 
+def history_messages(turns: list[Turn], user: str) -> list[dict]:
+    """Earlier exchanges as chat messages, then ``user``: what a side's next prompt holds."""
+    out: list[dict] = []
+    for t in turns:
+        out += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply}]
+    return out + [{"role": "user", "content": user}]
+
+
 def check_models(base_dir: Path, adapter_dir: Path, only: str | None) -> bool:
     """Whether the adapter is there; a UserError naming the command when what is needed is not."""
     if not (base_dir / BASE_INFO).exists():
@@ -146,6 +154,10 @@ class ChatSession:
         self.stops = TurnEnds(tok, build.stop_token).for_format(build.format).stop_ids
         self.tok, self.model, self.device = tok, model, device
 
+    def close(self) -> None:
+        """Let the models go (the chat screen switching to a GGUF file, or closing)."""
+        self.model = self.tok = None
+
     def clear(self) -> None:
         for state in self.state.values():
             state.turns.clear()
@@ -159,11 +171,8 @@ class ChatSession:
         if build.format == "text":
             # Text training taught plain continuation: earlier exchanges are just earlier text.
             return "".join(f"{t.user}{t.reply}\n" for t in turns) + user
-        messages = [{"role": "system", "content": build.system_prompt}] if build.system_prompt else []
-        for t in turns:
-            messages += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply}]
-        messages.append({"role": "user", "content": user})
-        return chat_text(self.tok, messages, add_generation_prompt=True)
+        system = [{"role": "system", "content": build.system_prompt}] if build.system_prompt else []
+        return chat_text(self.tok, system + history_messages(turns, user), add_generation_prompt=True)
 
     def _fit(self, side: str, user: str, max_new_tokens: int) -> tuple[list[int], int]:
         """Prompt ids that leave room for the answer: the oldest exchanges go first, then the answer shrinks."""

@@ -20,9 +20,15 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.engines.chat_session import Reply, Sampling, SideState, Turn
+from pipeline.engines.chat_session import Reply, Sampling, SideState, Turn, history_messages
+from pipeline.engines.gguf_files import file_name
 
 SIDE = "gguf"
+LORA_SUFFIX = file_name("", "lora-f16")  # export.gguf_adapter's file: needs its base, no chat alone
+
+
+def title(path: Path) -> str:
+    return f"{path.name} (llama.cpp)"
 
 
 def gguf_files(root: Path) -> list[Path]:
@@ -31,14 +37,14 @@ def gguf_files(root: Path) -> list[Path]:
     Export swaps the whole folder in, so it holds one run's files: by name is by type.
     """
     folder = root / paths.GGUF_DIR
-    return sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.endswith("-lora-f16.gguf"))
+    return sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.endswith(LORA_SUFFIX))
 
 
 def check_file(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"--gguf {path}: no such file; `tenny export --set export.gguf=[q4_k_m]` writes one into "
                         f"{paths.GGUF_DIR}/")
-    if path.name.endswith("-lora-f16.gguf"):
+    if path.name.endswith(LORA_SUFFIX):
         raise UserError(f"--gguf {path}: a LoRA-only file needs its base (llama-server -m BASE.gguf --lora {path.name});"
                         f" chat with a full file of {paths.GGUF_DIR}/ instead")
     return path
@@ -52,7 +58,7 @@ class GgufChatSession:
         self.path = check_file(Path(path))
         self.sides: tuple[str, ...] = (SIDE,)
         self.has_adapter = True  # the adapter is merged into the file
-        self.title = f"{self.path.name} (llama.cpp)"
+        self.title = title(self.path)
         self.state = {SIDE: SideState()}
         self.server = None
         self._stack = ExitStack()
@@ -76,12 +82,6 @@ class GgufChatSession:
     def clear(self) -> None:
         self.state[SIDE].turns.clear()
 
-    def messages(self, user: str) -> list[dict]:
-        out: list[dict] = []
-        for t in self.state[SIDE].turns:
-            out += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply}]
-        return out + [{"role": "user", "content": user}]
-
     def reply(self, side: str, user: str, sampling: Sampling, stop: threading.Event,
               on_piece: Callable[[str], None] = lambda piece: None) -> Reply:
         """The file's answer, each piece passed on as llama-server streams it; ``stop`` ends it at the next piece."""
@@ -92,7 +92,7 @@ class GgufChatSession:
             pieces: list[str] = []
             end: dict = {}
             stopped = False
-            for piece in self.server.stream_chat(self.messages(user), sampling.max_new_tokens, sampling.temperature,
+            for piece in self.server.stream_chat(history_messages(self.state[SIDE].turns, user), sampling.max_new_tokens, sampling.temperature,
                                                  top_p=sampling.top_p, end=end):
                 if stop.is_set():
                     stopped = True  # leaving the loop closes the stream: llama-server stops generating

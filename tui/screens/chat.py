@@ -46,7 +46,7 @@ from pipeline.engines.chat_session import (
     Sampling,
 )
 from pipeline.engines.gguf_chat import SIDE as GGUF_SIDE
-from pipeline.engines.gguf_chat import GgufChatSession, gguf_files
+from pipeline.engines.gguf_chat import GgufChatSession, gguf_files, title
 from tui.global_keys import GlobalKeysFirst
 
 STACK_BELOW = 100  # columns: two readable panes need about 50 each
@@ -172,7 +172,7 @@ class ChatScreen(GlobalKeysFirst, Screen):
         pane = self.query_one(f"#chat-{GGUF_SIDE}-pane", ChatPane)
         pane.display = self.gguf is not None
         if self.gguf is not None:
-            pane.border_title = clean(f"{self.gguf.name} (llama.cpp)")
+            pane.border_title = clean(title(self.gguf))
             self._status(f"starting llama-server for {self.gguf} …")
         else:
             self._status(f"loading {paths.BASE_DIR}" + ("" if self.only == "base" else f" + {paths.ADAPTER_DIR}") + " …")
@@ -191,7 +191,7 @@ class ChatScreen(GlobalKeysFirst, Screen):
 
     def _close_session(self) -> None:
         session, self.session = self.session, None
-        if isinstance(session, GgufChatSession):
+        if session is not None:
             session.close()  # llama-server must not outlive the screen either
 
     # ---------------------------------------------------------------- status
@@ -235,9 +235,8 @@ class ChatScreen(GlobalKeysFirst, Screen):
         self._status(f"could not load the models: {message}", error=True)
 
     def _loaded(self, session: ChatSession | GgufChatSession) -> None:
-        if not self.is_attached:  # the screen closed while the server started
-            if isinstance(session, GgufChatSession):
-                session.close()
+        if not self.is_attached:  # the screen closed while the models loaded
+            session.close()
             return
         self.session, self.state = session, "ready"
         self._notice = ""
